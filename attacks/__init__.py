@@ -1,0 +1,1 @@
+"""Attack modules, one per family (installed as privlab.attacks)."""

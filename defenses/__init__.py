@@ -1,0 +1,1 @@
+"""Defense modules, one per family (installed as privlab.defenses)."""

@@ -1,0 +1,92 @@
+"""The defense contract: where a defense sits decides what it may change.
+
+Placements, in the order a federated round applies them: local training (DP-SGD wraps the
+optimiser), client update (clip, noise, compress), transport (encryption, masking), aggregation
+(robust aggregators, central DP); split learning adds the split boundary.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from privlab.scenario import ComponentSpec, validate_params
+
+if TYPE_CHECKING:
+    import torch
+
+    from privlab.training import LocalTrainer, TrainSettings
+
+
+class Placement(StrEnum):
+    LOCAL_TRAINING = "local_training"
+    CLIENT_UPDATE = "client_update"
+    TRANSPORT = "transport"
+    AGGREGATION = "aggregation"
+    SPLIT_BOUNDARY = "split_boundary"
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Defense:
+    """Base class. Subclasses set `placement` and `Params` (a pydantic model, extra=forbid)."""
+
+    placement: ClassVar[Placement]
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, spec: ComponentSpec, field: str) -> None:
+        self.spec = spec
+        self.field = field
+        self.params: Any = validate_params(self.Params, spec.params, f"{field}.params")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "id": self.spec.key,
+            "placement": str(self.placement),
+            "params": self.params.model_dump(mode="json"),
+        }
+
+
+class LocalTrainingDefense(Defense):
+    """Replaces a party's local trainer (e.g. DP-SGD)."""
+
+    placement = Placement.LOCAL_TRAINING
+
+    def make_trainer(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        settings: TrainSettings,
+        generator: torch.Generator,
+        *,
+        planned_epochs: int,
+    ) -> LocalTrainer:
+        raise NotImplementedError
+
+
+class ClientUpdateDefense(Defense):
+    """Transforms a client's model update before it leaves the device."""
+
+    placement = Placement.CLIENT_UPDATE
+
+    def transform(
+        self, update: dict[str, torch.Tensor], *, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class AggregationDefense(Defense):
+    """Replaces the server's weighted mean with another aggregation rule."""
+
+    placement = Placement.AGGREGATION
+
+    def aggregate(
+        self, updates: list[dict[str, torch.Tensor]], weights: list[float]
+    ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

@@ -1,0 +1,3 @@
+from privlab.cli import main
+
+main()

@@ -1,0 +1,343 @@
+"""privlab's command line (typer).
+
+Exit codes: 0 ok; 1 an expectation or baseline was breached; 2 usage or scenario error (one
+line, no traceback); 3 internal error (traceback only with PRIVLAB_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from privlab.errors import ExpectationBreach, PrivlabError, ScenarioError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Privacy attack-and-defense evaluation for federated, split, swarm and central learning.",
+)
+out_console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def guarded(fn: F) -> F:
+    """Map privlab's errors to exit codes with one line on stderr; never a traceback at 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except ExpectationBreach as exc:
+            err_console.print(f"[red]breached:[/red] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        except PrivlabError as exc:
+            err_console.print(f"error: {exc}", highlight=False, markup=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("PRIVLAB_DEBUG"):
+                raise
+            err_console.print(
+                f"internal error: {type(exc).__name__}: {exc} "
+                "(set PRIVLAB_DEBUG=1 for the traceback)",
+                highlight=False,
+                markup=False,
+            )
+            raise typer.Exit(3) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+ScenarioArg = Annotated[
+    str | None,
+    typer.Argument(help="Bundled scenario name or path to a .toml file (default: 'default')."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a field: a.b=value (repeatable), e.g. topology.rounds=5."),
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Override the scenario's seed.")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", help="Output folder (default: reports/<scenario name>)."),
+]
+
+
+def _output_dir(out: Path | None, name: str) -> Path:
+    return out if out is not None else Path("reports") / name
+
+
+def _progress_printer(console: Console) -> tuple[Callable[[str, int, int, float], None], Any]:
+    """A rich progress bar on a terminal; sparse plain lines otherwise (CI logs)."""
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("acc {task.fields[acc]:.3f}"),
+            console=console,
+        )
+        tasks: dict[str, Any] = {}
+
+        def update(variant: str, r: int, total: int, acc: float) -> None:
+            if variant not in tasks:
+                tasks[variant] = progress.add_task(variant, total=total, acc=0.0)
+            progress.update(tasks[variant], completed=r, acc=acc)
+
+        return update, progress
+
+    def plain(variant: str, r: int, total: int, acc: float) -> None:
+        if r == total or r == 1 or r % max(1, total // 4) == 0:
+            console.print(f"[{variant}] round {r}/{total} accuracy {acc:.3f}", highlight=False)
+
+    return plain, None
+
+
+def _summary_table(results: dict[str, Any]) -> Table:
+    table = Table(title=f"privlab · {results['scenario']['name']}", show_lines=False)
+    table.add_column("variant")
+    table.add_column("accuracy", justify="right")
+    table.add_column("epsilon", justify="right")
+    attack_ids = sorted({a for v in results["variants"].values() for a in v["attacks"]})
+    for aid in attack_ids:
+        table.add_column(f"{aid} AUC", justify="right")
+        table.add_column(f"{aid} TPR@1%FPR", justify="right")
+    for name, v in results["variants"].items():
+        priv = v.get("privacy")
+        eps = "—"
+        if priv:
+            approx = "≈" if priv.get("approximate") else ""
+            eps = f"{approx}{priv['epsilon']:.2f} ({priv['accountant']}, δ={priv['delta']:g})"
+        row = [name, f"{v['utility']['final_accuracy']:.3f}", eps]
+        for aid in attack_ids:
+            m = v["attacks"].get(aid, {}).get("metrics", {})
+            row += [_fmt(m.get("auc")), _fmt(m.get("tpr_at_1pct_fpr"))]
+        table.add_row(*row)
+    return table
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, int | float) else "—"
+
+
+def _breaches(results: dict[str, Any]) -> list[str]:
+    return [
+        f"{e['variant']}: {e['metric']} = {e['actual']} (min {e['min']}, max {e['max']})"
+        for e in results.get("expectations", [])
+        if not e["passed"]
+    ]
+
+
+def _execute(scenario: Any, out: Path | None, quiet: bool) -> dict[str, Any]:
+    from privlab.report import write_report
+    from privlab.results import ensure_writable, write_results
+    from privlab.runner import ScenarioRun
+
+    folder = _output_dir(out, scenario.name)
+    ensure_writable(folder)
+    update, progress = _progress_printer(err_console) if not quiet else (None, None)
+    run = ScenarioRun(scenario, progress=update)
+    if progress is not None:
+        with progress:
+            results = run.run()
+    else:
+        results = run.run()
+    write_results(folder / "results.json", results)
+    write_report(results, folder / "report.html")
+    if not quiet:
+        out_console.print(_summary_table(results))
+    out_console.print(
+        f"wrote {folder / 'results.json'} and {folder / 'report.html'}", highlight=False
+    )
+    return results
+
+
+@app.command()
+@guarded
+def run(
+    scenario: ScenarioArg = None,
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table.")] = False,
+) -> None:
+    """Run a scenario: train every variant, run its attacks, write results.json and report.html."""
+    from privlab.scenario import load_scenario
+
+    results = _execute(load_scenario(scenario, set_, seed), out, quiet)
+    breaches = _breaches(results)
+    if breaches:
+        raise ExpectationBreach("; ".join(breaches))
+
+
+@app.command()
+@guarded
+def sweep(
+    scenario: ScenarioArg = None,
+    param: Annotated[
+        list[str],
+        typer.Option(
+            "--param", "-p", help="KEY=V1,V2,... (repeatable): one variant per combination."
+        ),
+    ] = [],  # noqa: B006
+    set_: SetOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run a scenario over a grid of settings: each combination (per variant) is a variant."""
+    from privlab.scenario import build_scenario, load_scenario, parse_override
+
+    base = load_scenario(scenario, set_, seed)
+    if not param:
+        raise ScenarioError("--param: give at least one KEY=V1,V2,... to sweep over")
+    axes = []
+    for text in param:
+        key, _, values = text.partition("=")
+        if not values:
+            raise ScenarioError(f"--param: expected KEY=V1,V2,..., got '{text}'")
+        axes.append([(key.strip(), parse_override(f"{key}={v}")[1]) for v in values.split(",")])
+    raw = base.model_dump(mode="json")
+    variants = []
+    for combo in itertools.product(*axes):
+        label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in combo)
+        for v in base.variant_list():
+            name = label if not base.variants else f"{v.name}|{label}"
+            variants.append(
+                {
+                    "name": name,
+                    "defenses": [d.model_dump(mode="json") for d in v.defenses],
+                    "set": {**v.set, **dict(combo)},
+                }
+            )
+    raw["variants"] = variants
+    raw["name"] = f"{base.name}-sweep"
+    raw["expectations"] = []
+    results = _execute(build_scenario(raw), out, quiet)
+    del results
+
+
+@app.command("list")
+@guarded
+def list_() -> None:
+    """List datasets, models, topologies, attacks, defenses and bundled scenarios."""
+    from privlab import registry
+    from privlab.scenario import bundled_scenarios
+
+    for reg in (
+        registry.datasets,
+        registry.models,
+        registry.topologies,
+        registry.attacks,
+        registry.defenses,
+    ):
+        table = Table(title=f"{reg.kind}s", title_justify="left", show_header=False, box=None)
+        for entry in reg.entries():
+            table.add_row(f"[bold]{entry.name}[/bold]", entry.summary)
+        out_console.print(table)
+    table = Table(title="scenarios", title_justify="left", show_header=False, box=None)
+    for name, desc in bundled_scenarios().items():
+        table.add_row(f"[bold]{name}[/bold]", desc)
+    out_console.print(table)
+
+
+@app.command()
+@guarded
+def show(scenario: ScenarioArg = None, set_: SetOpt = None, seed: SeedOpt = None) -> None:
+    """Print the resolved scenario (defaults filled in, overrides applied) as JSON."""
+    from privlab.scenario import load_scenario
+
+    s = load_scenario(scenario, set_, seed)
+    sys.stdout.write(json.dumps(s.model_dump(mode="json"), indent=2) + "\n")
+
+
+@app.command()
+@guarded
+def report(
+    results: Annotated[Path, typer.Argument(help="A results.json written by privlab run.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML path (default: beside it).")
+    ] = None,
+) -> None:
+    """Re-render the HTML report from a results.json alone."""
+    from privlab.report import write_report
+    from privlab.results import read_results
+
+    data = read_results(results)
+    target = out or results.with_name("report.html")
+    write_report(data, target)
+    out_console.print(f"wrote {target}", highlight=False)
+
+
+@app.command()
+@guarded
+def check(
+    results: Annotated[Path, typer.Argument(help="A results.json written by privlab run.")],
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline", help="An earlier results.json: fail if leakage rose or accuracy fell."
+        ),
+    ] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0)] = 0.02,
+) -> None:
+    """Check expectations (and optionally a baseline) of a results.json; exit 1 on a breach."""
+    from privlab.results import read_results
+
+    data = read_results(results)
+    problems = _breaches(data)
+    if baseline is not None:
+        problems += compare_to_baseline(data, read_results(baseline), tolerance)
+    n = len(data.get("expectations", []))
+    if problems:
+        raise ExpectationBreach("; ".join(problems))
+    out_console.print(f"ok: {n} expectation(s) passed" + (" and baseline held" if baseline else ""))
+
+
+LEAKAGE_METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "advantage")
+
+
+def compare_to_baseline(new: dict[str, Any], old: dict[str, Any], tol: float) -> list[str]:
+    """Privacy regression: attack metrics may not rise, accuracy may not fall, beyond `tol`."""
+    problems = []
+    for name, v in new["variants"].items():
+        ref = old["variants"].get(name)
+        if ref is None:
+            continue
+        acc, ref_acc = v["utility"]["final_accuracy"], ref["utility"]["final_accuracy"]
+        if acc < ref_acc - tol:
+            problems.append(f"{name}: accuracy fell {ref_acc:.3f} -> {acc:.3f}")
+        for aid, a in v["attacks"].items():
+            ref_m = ref["attacks"].get(aid, {}).get("metrics", {})
+            for key in LEAKAGE_METRICS:
+                if key in a["metrics"] and key in ref_m and a["metrics"][key] > ref_m[key] + tol:
+                    problems.append(
+                        f"{name}: {aid}.{key} rose {ref_m[key]:.3f} -> {a['metrics'][key]:.3f}"
+                    )
+        eps = (v.get("privacy") or {}).get("epsilon")
+        ref_eps = (ref.get("privacy") or {}).get("epsilon")
+        if eps is not None and ref_eps is not None and eps > ref_eps * (1 + tol):
+            problems.append(f"{name}: epsilon rose {ref_eps:.3f} -> {eps:.3f}")
+    return problems
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,460 @@
+"""Dataset loaders: small, local, deterministic datasets as float32/int64 numpy arrays.
+
+Nothing here downloads: scikit-learn's bundled datasets, MNIST-1D generated locally, synthetic
+data and the user's own files. Each loader validates its `data.params` with a pydantic model so
+a typo gives a one-line ScenarioError naming `data.params.<field>`. Torch is not imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import random
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, cast
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn import datasets as skdatasets
+from sklearn.model_selection import train_test_split
+
+from privlab import registry
+from privlab.errors import PrivlabError, ScenarioError
+from privlab.scenario import DataSpec, validate_params
+
+KINDS = {2: "tabular", 3: "sequence", 4: "image"}
+"""x.ndim (with the sample axis) -> kind."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train pool (partitioned across clients) and a global held-out test set."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    input_shape: tuple[int, ...]
+    num_classes: int
+    kind: str
+
+    def __post_init__(self) -> None:
+        """Catch a plugin loader's mistakes here rather than deep inside training."""
+        problem = _dataset_problem(self)
+        if problem:
+            raise PrivlabError(f"dataset '{self.name}': {problem}")
+
+
+def _dataset_problem(d: Dataset) -> str | None:
+    for split, x, y in (("train", d.x_train, d.y_train), ("test", d.x_test, d.y_test)):
+        if x.dtype != np.float32 or y.dtype != np.int64:
+            return f"{split} arrays must be float32/int64, got {x.dtype}/{y.dtype}"
+        if x.shape[1:] != d.input_shape or y.shape != (len(x),):
+            return f"{split} shapes {x.shape}/{y.shape} do not match input_shape {d.input_shape}"
+        if len(y) and (y.min() < 0 or y.max() >= d.num_classes):
+            return f"{split} labels must lie in 0..{d.num_classes - 1}"
+    if d.kind not in KINDS.values():
+        return f"kind must be one of {', '.join(KINDS.values())}, got '{d.kind}'"
+    return None
+
+
+def load_dataset(spec: DataSpec, seed: int) -> Dataset:
+    """Look the loader up by `data.name` and call it with the scenario's seed."""
+    loader = registry.datasets.get(spec.name, "data.name")
+    return loader(dict(spec.params), test_fraction=spec.test_fraction, seed=seed)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+P = TypeVar("P", bound=_Params)
+
+
+def _validate(model: type[P], params: dict[str, Any]) -> P:
+    return cast(P, validate_params(model, params, "data.params"))
+
+
+def _no_params(name: str, params: dict[str, Any]) -> None:
+    """Reject any params for loaders without settings (pydantic would list no allowed fields)."""
+    if params:
+        key = sorted(params)[0]
+        raise ScenarioError(f"data.params.{key}: unknown field (dataset '{name}' takes no params)")
+
+
+def _random_state(seed: int) -> int:
+    """scikit-learn and numpy's legacy seeding accept only 32-bit seeds; scenario seeds do not."""
+    return seed % 2**32
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train/test split, stratified whenever every class can appear on both sides."""
+    n = len(y)
+    n_test = int(np.ceil(test_fraction * n))
+    if n < 2 or n_test >= n:
+        raise ScenarioError(
+            f"data.test_fraction: {test_fraction} of {n} samples leaves no training samples"
+        )
+    counts = np.unique(y, return_counts=True)[1]
+    stratifiable = counts.min() >= 2 and min(n_test, n - n_test) >= len(counts)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x,
+        y,
+        test_size=test_fraction,
+        random_state=_random_state(seed),
+        stratify=y if stratifiable else None,
+    )
+    return x_tr, x_te, y_tr, y_te
+
+
+def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature z-score with train statistics only, so the test set leaks nothing."""
+    mean = x_train.mean(axis=0, dtype=np.float64)
+    std = x_train.std(axis=0, dtype=np.float64)
+    std[std == 0] = 1.0
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+def _make(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+) -> Dataset:
+    """Cast to the canonical dtypes and derive shape and kind from x."""
+    x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+    x_test = np.ascontiguousarray(x_test, dtype=np.float32)
+    return Dataset(
+        name=name,
+        x_train=x_train,
+        y_train=np.asarray(y_train, dtype=np.int64),
+        x_test=x_test,
+        y_test=np.asarray(y_test, dtype=np.int64),
+        input_shape=tuple(int(s) for s in x_train.shape[1:]),
+        num_classes=int(num_classes),
+        kind=KINDS[x_train.ndim],
+    )
+
+
+# --------------------------------------------------------------------------- built-in loaders
+
+
+def load_digits(params: dict[str, Any], *, test_fraction: float, seed: int) -> Dataset:
+    """scikit-learn's 8x8 digits as (1, 8, 8) images in [0, 1]."""
+    _no_params("digits", params)
+    raw = skdatasets.load_digits()
+    x = (raw.images / 16.0)[:, None, :, :]
+    x_tr, x_te, y_tr, y_te = _split(x, raw.target, test_fraction, seed)
+    return _make("digits", x_tr, y_tr, x_te, y_te, 10)
+
+
+def load_breast_cancer(params: dict[str, Any], *, test_fraction: float, seed: int) -> Dataset:
+    """Wisconsin breast cancer, 30 features standardized with train statistics."""
+    _no_params("breast_cancer", params)
+    raw = skdatasets.load_breast_cancer()
+    x_tr, x_te, y_tr, y_te = _split(raw.data, raw.target, test_fraction, seed)
+    x_tr, x_te = _standardize(x_tr, x_te)
+    return _make("breast_cancer", x_tr, y_tr, x_te, y_te, 2)
+
+
+class Mnist1dParams(_Params):
+    num_samples: Annotated[int, Field(ge=10)] = 4000
+    """Rounded down to a multiple of 10 by the generator (equal samples per class)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _mnist1d_arrays(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generate MNIST-1D once per (num_samples, seed); the generator takes seconds."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    args.seed = _random_state(seed)
+    # make_dataset reseeds the global `random` and `np.random` generators: restore them after.
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        raw = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    x = np.concatenate([raw["x"], raw["x_test"]]).astype(np.float32)[:, None, :]
+    y = np.concatenate([raw["y"], raw["y_test"]]).astype(np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def load_mnist1d(params: dict[str, Any], *, test_fraction: float, seed: int) -> Dataset:
+    """MNIST-1D (Greydanus 2020) generated locally, (1, 40) signals, re-split by test_fraction."""
+    p = _validate(Mnist1dParams, params)
+    x, y = _mnist1d_arrays(p.num_samples, seed)
+    x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed)
+    return _make("mnist1d", x_tr, y_tr, x_te, y_te, 10)
+
+
+class SyntheticParams(_Params):
+    n_samples: Annotated[int, Field(ge=4)] = 1000
+    n_features: Annotated[int, Field(ge=1)] = 20
+    n_informative: Annotated[int, Field(ge=1)] = 10
+    n_classes: Annotated[int, Field(ge=2)] = 2
+    class_sep: Annotated[float, Field(gt=0)] = 1.0
+    flip_y: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
+def _check_synthetic(p: SyntheticParams) -> None:
+    """make_classification's own errors do not name scenario fields: check first."""
+    if p.n_informative > p.n_features:
+        raise ScenarioError(
+            f"data.params.n_informative: {p.n_informative} informative features but only "
+            f"n_features = {p.n_features} (must be <= n_features)"
+        )
+    if p.n_classes * 2 > 2**p.n_informative:
+        raise ScenarioError(
+            f"data.params.n_classes: {p.n_classes} classes need n_informative >= "
+            f"{int(np.ceil(np.log2(p.n_classes * 2)))} (2 clusters per class on hypercube corners)"
+        )
+
+
+def load_synthetic(params: dict[str, Any], *, test_fraction: float, seed: int) -> Dataset:
+    """make_classification with no redundant features (the rest is pure noise), standardized."""
+    p = _validate(SyntheticParams, params)
+    _check_synthetic(p)
+    x, y = skdatasets.make_classification(
+        n_samples=p.n_samples,
+        n_features=p.n_features,
+        n_informative=p.n_informative,
+        n_redundant=0,
+        n_repeated=0,
+        n_classes=p.n_classes,
+        class_sep=p.class_sep,
+        flip_y=p.flip_y,
+        random_state=_random_state(seed),
+    )
+    x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed)
+    x_tr, x_te = _standardize(x_tr, x_te)
+    return _make("synthetic", x_tr, y_tr, x_te, y_te, p.n_classes)
+
+
+# --------------------------------------------------------------------------- file loader
+
+
+class FileParams(_Params):
+    path: str
+    label_column: int | str = -1
+    """CSV only: column index (negative counts from the end) or header name."""
+    standardize: bool = False
+
+
+def load_file(params: dict[str, Any], *, test_fraction: float, seed: int) -> Dataset:
+    """The user's own .npz (x, y[, x_test, y_test]) or numeric .csv with a label column."""
+    p = _validate(FileParams, params)
+    path = Path(p.path).expanduser()
+    if not path.is_file():
+        raise ScenarioError(f"data.params.path: file '{p.path}' does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        if "label_column" in p.model_fields_set:
+            raise ScenarioError("data.params.label_column: only applies to .csv files")
+        x, y, x_test, y_test = _read_npz(path)
+    elif suffix == ".csv":
+        x, y = _read_csv(path, p.label_column)
+        x_test = y_test = None
+    else:
+        raise ScenarioError(
+            f"data.params.path: unsupported file type '{path.suffix}' (allowed: .npz, .csv)"
+        )
+    return _file_dataset(
+        x, y, x_test, y_test, standardize=p.standardize, test_fraction=test_fraction, seed=seed
+    )
+
+
+def _file_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray | None,
+    y_test: np.ndarray | None,
+    *,
+    standardize: bool,
+    test_fraction: float,
+    seed: int,
+) -> Dataset:
+    """Remap labels to 0..K-1 over both splits, split if needed, optionally standardize."""
+    n_train = len(y)
+    all_y = y if y_test is None else np.concatenate([y, y_test])
+    classes, codes = np.unique(all_y, return_inverse=True)
+    if len(classes) < 2:
+        raise ScenarioError(
+            f"data.params.path: labels have {len(classes)} distinct value(s); "
+            "need at least 2 classes"
+        )
+    y, y_test = codes[:n_train], (None if y_test is None else codes[n_train:])
+    if x_test is None or y_test is None:
+        x, x_test, y, y_test = _split(x, y, test_fraction, seed)
+    if standardize:
+        x, x_test = _standardize(x.astype(np.float64), x_test.astype(np.float64))
+    return _make("file", x, y, x_test, y_test, len(classes))
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ScenarioError(
+            f"data.params.path: cannot read '{path}' as .npz: {_first_line(exc)}"
+        ) from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise ScenarioError(
+            f"data.params.path: '{path.name}' lacks key(s) {', '.join(missing)} "
+            f"(has: {', '.join(sorted(arrays)) or 'none'}; "
+            "expected x, y and optionally x_test, y_test)"
+        )
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise ScenarioError(
+            f"data.params.path: '{path.name}' has only one of x_test, y_test (give both or neither)"
+        )
+    x, y = _check_xy(arrays["x"], arrays["y"], "x", "y", path)
+    if "x_test" not in arrays:
+        return x, y, None, None
+    x_test, y_test = _check_xy(arrays["x_test"], arrays["y_test"], "x_test", "y_test", path)
+    if x_test.shape[1:] != x.shape[1:]:
+        raise ScenarioError(
+            f"data.params.path: x_test samples have shape {x_test.shape[1:]} "
+            f"but x samples have {x.shape[1:]}"
+        )
+    return x, y, x_test, y_test
+
+
+def _check_xy(
+    x: np.ndarray, y: np.ndarray, xname: str, yname: str, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric, finite x of 1-4 dims (1 -> one feature) and one label per row."""
+    where = f"data.params.path: '{path.name}'"
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise ScenarioError(f"{where}: {xname} must be numeric, got dtype {x.dtype}")
+    if x.ndim == 1:
+        x = x.reshape(-1, 1)
+    if x.ndim not in KINDS:
+        raise ScenarioError(
+            f"{where}: {xname} has {x.ndim} dims; allowed 1-2 (tabular), 3 (C, L), 4 (C, H, W)"
+        )
+    if not np.isfinite(x.astype(np.float64)).all():
+        raise ScenarioError(f"{where}: {xname} contains NaN or infinite values")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != len(x):
+        raise ScenarioError(
+            f"{where}: {yname} must hold one label per row of {xname} "
+            f"({len(x)}), got shape {y.shape}"
+        )
+    return x, y
+
+
+def _read_csv(path: Path, label_column: int | str) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric CSV; a first row that is not all numbers is taken as a header."""
+    rows, lines = _csv_rows(path)
+    if not rows:
+        raise ScenarioError(f"data.params.path: '{path.name}' is empty")
+    header = None if _is_numeric_row(rows[0]) else rows[0]
+    skip = 1 if header is not None else 0
+    body, lines = rows[skip:], lines[skip:]
+    width = len(rows[0])
+    if not body:
+        raise ScenarioError(f"data.params.path: '{path.name}' has a header but no data rows")
+    if width < 2:
+        raise ScenarioError(
+            f"data.params.path: '{path.name}' has {width} column; need features and a label"
+        )
+    col = _label_index(label_column, header, width, path)
+    values = _parse_rows(body, lines, width, path)
+    y = values[:, col]
+    x = np.delete(values, col, axis=1)
+    if not np.isfinite(x).all():
+        raise ScenarioError(f"data.params.path: '{path.name}' contains NaN or infinite features")
+    if not np.isfinite(y).all():
+        raise ScenarioError(f"data.params.label_column: '{path.name}' has NaN or infinite labels")
+    return x, y
+
+
+def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
+    """Non-blank rows with surrounding spaces stripped, and their 1-based line numbers."""
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            for row in reader:
+                cells = [c.strip() for c in row]
+                if any(cells):
+                    rows.append(cells)
+                    lines.append(reader.line_num)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ScenarioError(
+            f"data.params.path: cannot read '{path.name}' as CSV: {_first_line(exc)}"
+        ) from None
+    return rows, lines
+
+
+def _is_numeric_row(row: list[str]) -> bool:
+    try:
+        [float(c) for c in row]
+    except ValueError:
+        return False
+    return True
+
+
+def _label_index(label_column: int | str, header: list[str] | None, width: int, path: Path) -> int:
+    if isinstance(label_column, str):
+        if header is None or label_column not in header:
+            have = f"header: {', '.join(header)}" if header else "no header row"
+            raise ScenarioError(
+                f"data.params.label_column: no column named '{label_column}' in "
+                f"'{path.name}' ({have})"
+            )
+        return header.index(label_column)
+    if not -width <= label_column < width:
+        raise ScenarioError(
+            f"data.params.label_column: {label_column} is out of range for "
+            f"'{path.name}' with {width} columns (allowed: {-width}..{width - 1})"
+        )
+    return label_column % width
+
+
+def _parse_rows(body: list[list[str]], lines: list[int], width: int, path: Path) -> np.ndarray:
+    """Float matrix; on failure the error points at the first bad line and column (1-based)."""
+    if all(len(row) == width for row in body):
+        try:
+            return np.array(body, dtype=np.float64)
+        except ValueError:
+            pass
+    out = np.empty((len(body), width), dtype=np.float64)
+    for i, (row, line) in enumerate(zip(body, lines, strict=True)):
+        if len(row) != width:
+            raise ScenarioError(
+                f"data.params.path: line {line} of '{path.name}' has {len(row)} "
+                f"columns, expected {width}"
+            )
+        for j, cell in enumerate(row):
+            try:
+                out[i, j] = float(cell)
+            except ValueError:
+                raise ScenarioError(
+                    f"data.params.path: non-numeric value '{cell}' at line {line}, "
+                    f"column {j + 1} of '{path.name}' (CSV files must be numeric)"
+                ) from None
+    return out

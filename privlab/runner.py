@@ -1,0 +1,270 @@
+"""Run a scenario: every variant trains, every attack finalises, the referee grades.
+
+The runner is the only place that knows the membership ground truth; attacks get the
+challenge records without labels of membership and return scores.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+
+from privlab import __version__, registry
+from privlab.attacks.base import (
+    Attack,
+    AttackResult,
+    FinalView,
+    MembershipChallenge,
+    MembershipScores,
+)
+from privlab.data import Dataset, load_dataset
+from privlab.defenses.base import Defense
+from privlab.errors import ScenarioError
+from privlab.metrics import membership_metrics
+from privlab.models import build_model
+from privlab.partition import ClientData, partition
+from privlab.results import SCHEMA_VERSION, lookup, package_versions
+from privlab.scenario import Scenario, VariantSpec, variant_scenario
+from privlab.topologies.base import DefenseStack, TopologyContext, TrainingOutcome
+from privlab.training import evaluate
+from privlab.wire import Wire
+
+VariantProgress = Callable[[str, int, int, float], None]
+
+
+KNOWN_HARMLESS_WARNINGS = (
+    "Full backward hook is firing",  # Opacus hooks on layers whose inputs need no grad
+    "Optimal order is the largest alpha",  # RDP order grid edge: the bound is still valid
+    "GDP accounting is experimental",  # privlab labels GDP epsilons as approximate
+)
+
+
+@dataclass(frozen=True)
+class Referee:
+    """Holds the membership truth for one variant's challenge set."""
+
+    challenge: MembershipChallenge
+    is_member: np.ndarray
+
+
+def build_challenge(dataset: Dataset, clients: list[ClientData], seed: int) -> Referee:
+    """Equal numbers of members (training records) and non-members (held-out records)."""
+    members = np.concatenate([c.train_idx for c in clients])
+    outsiders = np.concatenate([c.holdout_idx for c in clients])
+    rng = np.random.default_rng([seed, 23])
+    n = min(len(members), len(outsiders))
+    members = np.sort(rng.choice(members, size=n, replace=False))
+    outsiders = np.sort(rng.choice(outsiders, size=n, replace=False))
+    idx = np.concatenate([members, outsiders])
+    truth = np.concatenate([np.ones(n, dtype=bool), np.zeros(n, dtype=bool)])
+    order = rng.permutation(len(idx))
+    challenge = MembershipChallenge(x=dataset.x_train[idx[order]], y=dataset.y_train[idx[order]])
+    return Referee(challenge, truth[order])
+
+
+def instantiate_defenses(scenario: Scenario, variant: VariantSpec, index: int) -> list[Defense]:
+    out = []
+    for i, spec in enumerate(scenario.defenses):
+        out.append(registry.defenses.get(spec.name, f"defenses.{i}.name")(spec, f"defenses.{i}"))
+    for j, spec in enumerate(variant.defenses):
+        field = f"variants.{index}.defenses.{j}"
+        out.append(registry.defenses.get(spec.name, f"{field}.name")(spec, field))
+    return out
+
+
+def instantiate_attacks(scenario: Scenario) -> list[Attack]:
+    out = []
+    for i, spec in enumerate(scenario.attacks):
+        cls = registry.attacks.get(spec.name, f"attacks.{i}.name")
+        attack = cls(spec, f"attacks.{i}")
+        if cls.topologies is not None and scenario.topology.name not in cls.topologies:
+            raise ScenarioError(
+                f"attacks.{i}.name: '{spec.name}' does not apply to topology "
+                f"'{scenario.topology.name}' (it applies to: {', '.join(sorted(cls.topologies))})"
+            )
+        out.append(attack)
+    return out
+
+
+def make_query(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """Black-box access to the released model: class probabilities only."""
+
+    def query(x: np.ndarray) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            return torch.softmax(model(torch.as_tensor(x)), dim=1).double().numpy()
+
+    return query
+
+
+def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Referee) -> dict:
+    if isinstance(output, MembershipScores):
+        metrics, artifacts = membership_metrics(output.scores, referee.is_member, output.threshold)
+        output = AttackResult(metrics, artifacts)
+    return {
+        "name": attack.spec.name,
+        "family": attack.family,
+        "threat_model": attack.threat_model().model_dump(mode="json"),
+        "params": attack.params.model_dump(mode="json"),
+        "metrics": {k: _clean(v) for k, v in output.metrics.items()},
+        "artifacts": output.artifacts,
+    }
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float | np.floating):
+        return round(float(v), 6)
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+class ScenarioRun:
+    """Prepares every variant up front (so bad input fails before any training), then runs."""
+
+    def __init__(self, scenario: Scenario, progress: VariantProgress | None = None) -> None:
+        self.scenario = scenario
+        self.progress = progress
+        self._datasets: dict[str, Dataset] = {}
+        self.variants = []
+        for i, variant in enumerate(scenario.variant_list()):
+            vs = variant_scenario(scenario, variant, i)
+            defenses = DefenseStack.build(instantiate_defenses(vs, variant, i))
+            attacks = instantiate_attacks(vs)
+            dataset = self._dataset(vs)
+            clients = partition(dataset.y_train, vs.partition, vs.seed)
+            self.variants.append((variant, vs, defenses, attacks, dataset, clients))
+
+    def _dataset(self, s: Scenario) -> Dataset:
+        key = s.data.model_dump_json() + str(s.seed)
+        if key not in self._datasets:
+            self._datasets[key] = load_dataset(s.data, s.seed)
+        return self._datasets[key]
+
+    def run(self) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            for message in KNOWN_HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        variants = {}
+        for variant, vs, defenses, attacks, dataset, clients in self.variants:
+            variants[variant.name] = self._run_variant(
+                variant, vs, defenses, attacks, dataset, clients
+            )
+        results = {
+            "schema_version": SCHEMA_VERSION,
+            "privlab_version": __version__,
+            "scenario": self.scenario.model_dump(mode="json"),
+            "seed": self.scenario.seed,
+            "versions": package_versions(),
+            "variants": variants,
+        }
+        results["expectations"] = check_expectations(self.scenario, variants)
+        results["timing"] = {"started": started, "seconds": round(time.perf_counter() - t0, 3)}
+        return results
+
+    def _run_variant(
+        self,
+        variant: VariantSpec,
+        vs: Scenario,
+        defenses: DefenseStack,
+        attacks: list[Attack],
+        dataset: Dataset,
+        clients: list[ClientData],
+    ) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        torch.manual_seed(vs.seed)
+        model = build_model(vs.model, dataset.input_shape, dataset.num_classes)
+        wire = Wire()
+        for attack in attacks:
+            wire.subscribe(attack.threat_model().can_see, attack.observe)
+        tensors = {
+            "x_train": torch.as_tensor(dataset.x_train),
+            "y_train": torch.as_tensor(dataset.y_train),
+            "x_test": torch.as_tensor(dataset.x_test),
+            "y_test": torch.as_tensor(dataset.y_test),
+        }
+        progress = None
+        if self.progress is not None:
+            cb = self.progress
+            progress = lambda r, total, acc: cb(variant.name, r, total, acc)  # noqa: E731
+        ctx = TopologyContext(
+            vs, dataset, clients, model, defenses, wire, attacks, progress=progress, **tensors
+        )
+        topology = registry.topologies.get(vs.topology.name, "topology.name")(ctx)
+        outcome: TrainingOutcome = topology.run()
+
+        referee = build_challenge(dataset, clients, vs.seed)
+        members = torch.as_tensor(np.concatenate([c.train_idx for c in clients]))
+        _, train_loss = evaluate(
+            outcome.model, tensors["x_train"][members], tensors["y_train"][members]
+        )
+        view = FinalView(
+            query=make_query(outcome.model),
+            challenge=referee.challenge,
+            recipe=vs,
+            side_information={"mean_train_loss": train_loss},
+        )
+        attack_results = {a.id: grade(a, a.finalize(view), referee) for a in attacks}
+        per_round = [r.to_json() for r in outcome.rounds]
+        bytes_per_round = [
+            int(wire.bytes_by_round.get(r, 0)) for r in range(0, vs.topology.rounds + 1)
+        ]
+        return {
+            "defenses": [d.describe() for d in defenses.all()],
+            "utility": {
+                "final_accuracy": per_round[-1]["accuracy"],
+                "final_loss": per_round[-1]["loss"],
+                "train_loss": round(train_loss, 6),
+                "per_round": per_round,
+            },
+            "attacks": attack_results,
+            "privacy": _round_privacy(outcome.privacy),
+            "cost": {
+                "bytes_per_round": bytes_per_round,
+                "bytes_total": int(sum(bytes_per_round)),
+                "seconds_per_round": [round(r.seconds, 4) for r in outcome.rounds],
+                "seconds": round(time.perf_counter() - t0, 3),
+            },
+            "notes": outcome.notes,
+        }
+
+
+def _round_privacy(privacy: dict[str, Any] | None) -> dict[str, Any] | None:
+    if privacy is None:
+        return None
+    return {k: _clean(v) for k, v in privacy.items()}
+
+
+def check_expectations(scenario: Scenario, variants: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for e in scenario.expectations:
+        names = [e.variant] if e.variant else list(variants)
+        for name in names:
+            actual = lookup(variants[name], e.metric)
+            ok = isinstance(actual, int | float) and not isinstance(actual, bool)
+            passed = (
+                ok and (e.min is None or actual >= e.min) and (e.max is None or actual <= e.max)
+            )
+            out.append(
+                {
+                    "metric": e.metric,
+                    "variant": name,
+                    "min": e.min,
+                    "max": e.max,
+                    "actual": actual if ok else None,
+                    "passed": bool(passed),
+                }
+            )
+    return out

@@ -1,0 +1,310 @@
+"""Scenario files: TOML validated by pydantic v2, with `--set a.b=value` overrides.
+
+A scenario declares data, partition, model, topology (with its training settings), attacks,
+defenses, variants (defense settings compared side by side in one run), expectations and a seed.
+Every error names the field, the value and what is allowed, in one line.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from privlab import registry
+from privlab.errors import ScenarioError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataSpec(Strict):
+    name: str = "digits"
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PartitionSpec(Strict):
+    scheme: Literal["iid", "dirichlet", "shards"] = "iid"
+    num_clients: PositiveInt = 10
+    alpha: PositiveFloat = 0.5
+    shards_per_client: PositiveInt = 2
+    holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    """Share of each client's samples kept out of training: the exact non-members."""
+
+
+class ModelSpec(Strict):
+    name: str = "mlp"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TopologySpec(Strict):
+    name: str = "federated"
+    rounds: PositiveInt = 20
+    client_fraction: Fraction = 1.0
+    local_epochs: PositiveInt = 1
+    batch_size: PositiveInt = 32
+    lr: PositiveFloat = 0.1
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    fedprox_mu: Annotated[float, Field(ge=0)] = 0.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    """Probability that a sampled client drops out of a round."""
+    server_lr: PositiveFloat = 1.0
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Topology-specific settings (cut layer, peers, ...)."""
+
+
+class ComponentSpec(Strict):
+    name: str
+    id: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.id or self.name
+
+
+class VariantSpec(Strict):
+    name: Annotated[str, Field(min_length=1)]
+    defenses: list[ComponentSpec] = Field(default_factory=list)
+    set: dict[str, Any] = Field(default_factory=dict)
+    """Overrides (dotted path -> value) applied to the scenario for this variant only."""
+
+
+class ExpectationSpec(Strict):
+    metric: str
+    """Path inside a variant's results, e.g. `utility.final_accuracy` or `attacks.mia.auc`."""
+    variant: str | None = None
+    """Variant name; none means every variant."""
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> ExpectationSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("an expectation needs min or max")
+        return self
+
+
+class Scenario(Strict):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "scenario"
+    description: str = ""
+    seed: Annotated[int, Field(ge=0)] = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    partition: PartitionSpec = Field(default_factory=PartitionSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    topology: TopologySpec = Field(default_factory=TopologySpec)
+    attacks: list[ComponentSpec] = Field(default_factory=list)
+    defenses: list[ComponentSpec] = Field(default_factory=list)
+    """Defenses applied in every variant."""
+    variants: list[VariantSpec] = Field(default_factory=list)
+    expectations: list[ExpectationSpec] = Field(default_factory=list)
+
+    def variant_list(self) -> list[VariantSpec]:
+        return self.variants or [VariantSpec(name="baseline")]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def bundled_scenarios() -> dict[str, str]:
+    """Name -> description of the scenarios shipped in privlab.scenarios."""
+    out = {}
+    for item in sorted(resources.files("privlab.scenarios").iterdir(), key=lambda p: p.name):
+        if item.name.endswith(".toml"):
+            try:
+                desc = tomllib.loads(item.read_text()).get("description", "")
+            except tomllib.TOMLDecodeError:
+                desc = "(invalid TOML)"
+            out[item.name.removesuffix(".toml")] = desc
+    return out
+
+
+def read_scenario_source(ref: str | None) -> tuple[dict[str, Any], Path | None]:
+    """Raw dict of a bundled scenario name or a path (None: the bundled default)."""
+    ref = ref or "default"
+    path = Path(ref)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ScenarioError(f"scenario: file '{ref}' does not exist")
+        text, base = path.read_text(), path.resolve().parent
+    else:
+        names = bundled_scenarios()
+        if ref not in names:
+            close = difflib.get_close_matches(ref, list(names), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ScenarioError(
+                f"scenario: no bundled scenario or file '{ref}'{hint} (bundled: {', '.join(names)})"
+            )
+        text = resources.files("privlab.scenarios").joinpath(f"{ref}.toml").read_text()
+        base = None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"scenario '{ref}': invalid TOML: {exc}") from None
+    return raw, base
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", value); the value is read as a TOML value, else as a string."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ScenarioError(f"--set: expected KEY=VALUE, got '{text}'")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key, parsed
+
+
+def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `raw[a][b]... = value`; numeric parts index lists (e.g. `attacks.0.params.x`)."""
+    parts = dotted.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(parts[:i]) or "scenario"
+                raise ScenarioError(
+                    f"--set {dotted}: '{where}' has {len(node)} entries, no index '{part}'"
+                )
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ScenarioError(f"--set {dotted}: '{'.'.join(parts[:i])}' is not a table")
+
+
+def _format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "scenario"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_fields(model, err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"{field}: unknown field{hint} (allowed: {', '.join(allowed)})"
+    value = err.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+    return f"{field}: {err['msg']}{shown}"
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        current = next(
+            (a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
+        if current is None:
+            return []
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def validate_params(model: type[BaseModel], params: dict[str, Any], field: str) -> BaseModel:
+    """Validate a component's params with its pydantic model; one-line error on failure."""
+    try:
+        return model.model_validate(params)
+    except ValidationError as exc:
+        raise ScenarioError(_format_validation_error(exc, model, prefix=f"{field}.")) from None
+
+
+def build_scenario(raw: dict[str, Any], base_dir: Path | None = None) -> Scenario:
+    try:
+        scenario = Scenario.model_validate(raw)
+    except ValidationError as exc:
+        raise ScenarioError(_format_validation_error(exc, Scenario)) from None
+    _check_names(scenario)
+    if base_dir is not None and "path" in scenario.data.params:
+        path = Path(str(scenario.data.params["path"]))
+        if not path.is_absolute():
+            scenario.data.params["path"] = str((base_dir / path).resolve())
+    return scenario
+
+
+def _check_names(s: Scenario) -> None:
+    registry.datasets.check(s.data.name, "data.name")
+    registry.models.check(s.model.name, "model.name")
+    registry.topologies.check(s.topology.name, "topology.name")
+    seen: set[str] = set()
+    for i, a in enumerate(s.attacks):
+        registry.attacks.check(a.name, f"attacks.{i}.name")
+        if a.key in seen:
+            raise ScenarioError(f"attacks.{i}.id: duplicate attack id '{a.key}' (give each an id)")
+        seen.add(a.key)
+    for i, d in enumerate(s.defenses):
+        registry.defenses.check(d.name, f"defenses.{i}.name")
+    names: set[str] = set()
+    for i, v in enumerate(s.variants):
+        if v.name in names:
+            raise ScenarioError(f"variants.{i}.name: duplicate variant name '{v.name}'")
+        names.add(v.name)
+        for j, d in enumerate(v.defenses):
+            registry.defenses.check(d.name, f"variants.{i}.defenses.{j}.name")
+    variant_names = {v.name for v in s.variant_list()}
+    for i, e in enumerate(s.expectations):
+        if e.variant is not None and e.variant not in variant_names:
+            raise ScenarioError(
+                f"expectations.{i}.variant: unknown variant '{e.variant}' "
+                f"(allowed: {', '.join(sorted(variant_names))})"
+            )
+        head = e.metric.split(".")[0]
+        if head not in {"utility", "attacks", "privacy", "cost", "robustness"}:
+            raise ScenarioError(
+                f"expectations.{i}.metric: '{e.metric}' must start with utility, attacks, "
+                "privacy, cost or robustness"
+            )
+
+
+def load_scenario(
+    ref: str | None, overrides: list[str] | None = None, seed: int | None = None
+) -> Scenario:
+    """Load a bundled name or a TOML path, apply `--set` overrides and `--seed`, validate."""
+    raw, base = read_scenario_source(ref)
+    for text in overrides or []:
+        apply_override(raw, *parse_override(text))
+    if seed is not None:
+        raw["seed"] = seed
+    return build_scenario(raw, base)
+
+
+def variant_scenario(scenario: Scenario, variant: VariantSpec, index: int) -> Scenario:
+    """The scenario as one variant runs it: its `set` overrides applied, defenses merged."""
+    if not variant.set:
+        return scenario
+    raw = copy.deepcopy(scenario.model_dump(mode="json"))
+    raw.pop("variants", None)
+    raw.pop("expectations", None)
+    for key, value in variant.set.items():
+        if key.split(".")[0] in {"variants", "expectations", "seed"}:
+            raise ScenarioError(f"variants.{index}.set: '{key}' cannot be set per variant")
+        apply_override(raw, key, value)
+    try:
+        return build_scenario(raw)
+    except ScenarioError as exc:
+        raise ScenarioError(f"variants.{index}.set: {exc}") from None

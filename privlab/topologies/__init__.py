@@ -1,0 +1,1 @@
+"""Training protocols: each owns its loop and decides what crosses the wire."""

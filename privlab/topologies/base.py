@@ -1,0 +1,176 @@
+"""The topology contract.
+
+A topology receives a `TopologyContext` (data, partition, initial model, defenses, the wire, the
+attacks that act through parties) and returns a `TrainingOutcome`: the released model, one
+record per round, and privacy spent. Federated exchanges weights with a server; split learning
+will exchange activations and gradients; swarm learning commits weights to a ledger. All of them
+speak through `ctx.wire`, so attacks see what their threat model allows and bytes are counted.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from privlab.defenses.base import (
+    AggregationDefense,
+    ClientUpdateDefense,
+    Defense,
+    LocalTrainingDefense,
+    Placement,
+)
+from privlab.errors import ScenarioError
+from privlab.training import LocalTrainer, TrainSettings, evaluate, seeded_generator
+
+if TYPE_CHECKING:
+    from privlab.attacks.base import Attack
+    from privlab.data import Dataset
+    from privlab.partition import ClientData
+    from privlab.scenario import Scenario
+    from privlab.wire import Wire
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+@dataclass
+class DefenseStack:
+    """A variant's defenses grouped by placement, in the order a round applies them."""
+
+    local_training: LocalTrainingDefense | None = None
+    client_update: list[ClientUpdateDefense] = field(default_factory=list)
+    aggregation: AggregationDefense | None = None
+    other: list[Defense] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, defenses: list[Defense]) -> DefenseStack:
+        stack = cls()
+        for d in defenses:
+            if isinstance(d, LocalTrainingDefense):
+                if stack.local_training is not None:
+                    raise ScenarioError(
+                        f"{d.field}.name: only one local-training defense per variant "
+                        f"('{stack.local_training.spec.name}' is already set)"
+                    )
+                stack.local_training = d
+            elif isinstance(d, ClientUpdateDefense):
+                stack.client_update.append(d)
+            elif isinstance(d, AggregationDefense):
+                if stack.aggregation is not None:
+                    raise ScenarioError(
+                        f"{d.field}.name: only one aggregation rule per variant "
+                        f"('{stack.aggregation.spec.name}' is already set)"
+                    )
+                stack.aggregation = d
+            else:
+                stack.other.append(d)
+        return stack
+
+    def at(self, placement: Placement) -> list[Defense]:
+        return [d for d in self.all() if d.placement == placement]
+
+    def all(self) -> list[Defense]:
+        out: list[Defense] = []
+        if self.local_training:
+            out.append(self.local_training)
+        out += self.client_update
+        if self.aggregation:
+            out.append(self.aggregation)
+        return out + self.other
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    accuracy: float
+    loss: float
+    bytes: int
+    seconds: float
+    participants: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "accuracy": round(self.accuracy, 6),
+            "loss": round(self.loss, 6),
+            "participants": self.participants,
+        }
+
+
+@dataclass
+class TrainingOutcome:
+    model: torch.nn.Module
+    rounds: list[RoundRecord]
+    privacy: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TopologyContext:
+    scenario: Scenario
+    dataset: Dataset
+    clients: list[ClientData]
+    model: torch.nn.Module
+    defenses: DefenseStack
+    wire: Wire
+    attacks: list[Attack]
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    progress: ProgressFn | None = None
+
+
+class Topology(ABC):
+    """Base class: owns the training loop of one variant."""
+
+    def __init__(self, ctx: TopologyContext) -> None:
+        self.ctx = ctx
+        self.spec = ctx.scenario.topology
+        self.settings = TrainSettings.from_topology(self.spec)
+        self.seed = ctx.scenario.seed
+        self._clock = time.perf_counter()
+
+    @abstractmethod
+    def run(self) -> TrainingOutcome: ...
+
+    def make_trainer(self, party: int, x: torch.Tensor, y: torch.Tensor) -> LocalTrainer:
+        """A trainer for one party: plain SGD, or the local-training defense's (DP-SGD)."""
+        import copy
+
+        model = copy.deepcopy(self.ctx.model)
+        gen = seeded_generator(self.seed, party, 7)
+        defense = self.ctx.defenses.local_training
+        if defense is None:
+            return LocalTrainer(model, x, y, self.settings, gen)
+        planned = self.spec.rounds * self.spec.local_epochs
+        return defense.make_trainer(model, x, y, self.settings, gen, planned_epochs=planned)
+
+    def record(self, round_: int, model: torch.nn.Module, participants: int) -> RoundRecord:
+        acc, loss = evaluate(model, self.ctx.x_test, self.ctx.y_test)
+        now = time.perf_counter()
+        rec = RoundRecord(
+            round_,
+            acc,
+            loss,
+            self.ctx.wire.bytes_by_round.get(round_, 0),
+            now - self._clock,
+            participants,
+        )
+        self._clock = now
+        if self.ctx.progress:
+            self.ctx.progress(round_, self.spec.rounds, acc)
+        return rec
+
+    @staticmethod
+    def worst_case_privacy(per_party: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
+        """The largest epsilon across parties, with each party's epsilon listed."""
+        spent = {k: v for k, v in per_party.items() if v is not None}
+        if not spent:
+            return None
+        worst = max(spent.values(), key=lambda v: v["epsilon"])
+        return {**worst, "per_client": {k: round(v["epsilon"], 6) for k, v in spent.items()}}

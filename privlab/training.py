@@ -1,0 +1,154 @@
+"""One party's local training, shared by every topology.
+
+A `LocalTrainer` owns its copy of the model, its data and its random generator, so a client's
+batches and noise depend only on the seed and its own history (not on which other clients ran).
+Defenses that live inside local training (DP-SGD) provide their own trainer with the same API.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The local training recipe (public knowledge: attackers may use it for shadow models)."""
+
+    batch_size: int
+    lr: float
+    local_epochs: int
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    fedprox_mu: float = 0.0
+
+    @classmethod
+    def from_topology(cls, spec: Any) -> TrainSettings:
+        return cls(
+            batch_size=spec.batch_size,
+            lr=spec.lr,
+            local_epochs=spec.local_epochs,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
+            fedprox_mu=spec.fedprox_mu,
+        )
+
+    def steps_per_epoch(self, n: int) -> int:
+        return max(1, math.ceil(n / self.batch_size))
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    steps: int
+    mean_loss: float
+
+
+def seeded_generator(*parts: int) -> torch.Generator:
+    """A torch generator whose seed mixes the parts (scenario seed, party id, purpose)."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p) + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def clone_state(model: nn.Module) -> State:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the model on (x, y)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y).item()
+        acc = (logits.argmax(dim=1) == y).float().mean().item()
+    model.train(was_training)
+    return acc, loss
+
+
+class LocalTrainer:
+    """Plain mini-batch SGD on one party's data (shuffled epochs, fixed batch size)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        settings: TrainSettings,
+        generator: torch.Generator,
+    ) -> None:
+        self.model = model
+        self.x, self.y = x, y
+        self.settings = settings
+        self.generator = generator
+        self.optimizer = torch.optim.SGD(
+            self.trainable_parameters(),
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.y)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def load(self, state: State) -> None:
+        self.model.load_state_dict(state)
+
+    def state(self) -> State:
+        return clone_state(self.model)
+
+    def privacy(self) -> dict[str, Any] | None:
+        """Privacy spent so far by this trainer (None: no formal guarantee)."""
+        return None
+
+    def _batches(self) -> list[torch.Tensor]:
+        n, bs = self.num_samples, self.settings.batch_size
+        order = torch.randperm(n, generator=self.generator)
+        return [order[i : i + bs] for i in range(0, n, bs)]
+
+    def _proximal_step(self, anchor: list[torch.Tensor] | None) -> None:
+        """FedProx (Li et al. 2020): the gradient of mu/2 ||w - w_global||^2, applied after the
+        optimiser step so it also composes with DP-SGD (it does not depend on data)."""
+        if anchor is None:
+            return
+        step = self.settings.lr * self.settings.fedprox_mu
+        with torch.no_grad():
+            for p, a in zip(self.trainable_parameters(), anchor, strict=True):
+                p.sub_(p - a, alpha=step)
+
+    def train(self, start: State, epochs: int | None = None) -> TrainStats:
+        """Load `start`, run the local epochs, leave the result in the model."""
+        self.load(start)
+        self.optimizer.state.clear()  # fresh optimiser state every round, as in FedAvg
+        anchor = (
+            [p.detach().clone() for p in self.trainable_parameters()]
+            if self.settings.fedprox_mu > 0
+            else None
+        )
+        self.model.train()
+        total, steps = 0.0, 0
+        for _ in range(epochs or self.settings.local_epochs):
+            for idx in self._batches():
+                total += self._step(self.x[idx], self.y[idx])
+                self._proximal_step(anchor)
+                steps += 1
+        return TrainStats(steps=steps, mean_loss=total / max(steps, 1))
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(xb), yb)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()

@@ -1,0 +1,1 @@
+"""Bundled scenarios (*.toml), runnable by name: `privlab run NAME`."""
