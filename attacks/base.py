@@ -19,6 +19,8 @@ from privlab.scenario import ComponentSpec, validate_params
 from privlab.wire import SERVER, Message
 
 if TYPE_CHECKING:
+    import torch
+
     from privlab.scenario import Scenario
 
 Adversary = Literal["outsider", "server", "client", "peer", "cut_layer", "eavesdropper"]
@@ -54,12 +56,19 @@ class MembershipChallenge:
 
 @dataclass(frozen=True)
 class FinalView:
-    """What an adversary holds after training. `query` returns class probabilities of the
-    released model for a batch of inputs (black-box access)."""
+    """What an adversary holds after training.
+
+    `query` returns class probabilities of the released model for a batch of inputs (black-box
+    access). `model_factory` builds a fresh, untrained model of the public architecture, so an
+    adversary that observed weights on the wire can load them. `recipe` is the public training
+    recipe (the scenario as this variant ran it). `challenge` holds the candidate records of the
+    parties the attack targets (`Attack.target_parties`).
+    """
 
     query: Callable[[np.ndarray], np.ndarray]
     challenge: MembershipChallenge | None
     recipe: Scenario
+    model_factory: Callable[[], torch.nn.Module]
     side_information: dict[str, Any] = field(default_factory=dict)
 
 
@@ -100,8 +109,35 @@ class Attack:
     def threat_model(self) -> ThreatModel:
         raise NotImplementedError
 
+    def target_parties(self) -> list[int] | None:
+        """Client ids whose records form the membership challenge (None: every client)."""
+        return None
+
     def observe(self, msg: Message) -> None:
         """Called for each wire message the threat model can see (passive by default)."""
+
+    # ----- active attacks (malicious clients); passive attacks leave these alone -----
+
+    def controlled_clients(self, num_clients: int) -> list[int]:
+        """Client ids this adversary controls (none for a passive attack)."""
+        return []
+
+    def poison_data(self, client_id: int, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        """Replace a controlled client's training data (data poisoning) before training."""
+        return x, y
+
+    def craft_updates(
+        self,
+        round_: int,
+        malicious: dict[int, dict[str, torch.Tensor]],
+        benign: dict[int, dict[str, torch.Tensor]],
+        global_state: dict[str, torch.Tensor],
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        """Replace controlled clients' updates (model poisoning). `malicious` holds what the
+        controlled clients computed honestly; `benign` holds the honest clients' updates of this
+        round, which only an omniscient (colluding-with-everyone) adversary may read: an attack
+        that uses it must declare so in its threat model's knowledge."""
+        return malicious
 
     def finalize(self, view: FinalView) -> AttackResult | MembershipScores:
         raise NotImplementedError

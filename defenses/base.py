@@ -43,6 +43,10 @@ class Defense:
         self.field = field
         self.params: Any = validate_params(self.Params, spec.params, f"{field}.params")
 
+    def privacy(self) -> dict[str, Any] | None:
+        """Privacy this defense has accounted so far (None: it makes no formal claim)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.spec.name,
@@ -78,6 +82,27 @@ class ClientUpdateDefense(Defense):
     def transform(
         self, update: dict[str, torch.Tensor], *, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class TransportDefense(Defense):
+    """Protects updates on the wire (encryption, masking): the server handles only what
+    `protect` returns, combines it with `combine`, and learns the aggregate via `reveal`, which
+    runs with the key holders (never the server)."""
+
+    placement = Placement.TRANSPORT
+
+    def setup(self, num_clients: int, template: dict[str, torch.Tensor]) -> None:
+        """Key generation and distribution, before the first round."""
+
+    def protect(self, client_id: int, update: dict[str, torch.Tensor], weight: float) -> Any:
+        raise NotImplementedError
+
+    def combine(self, payloads: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def reveal(self, combined: Any) -> dict[str, torch.Tensor]:
+        """The weighted mean of the protected updates, decrypted by the key holders."""
         raise NotImplementedError
 
 

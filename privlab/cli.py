@@ -106,7 +106,9 @@ def _progress_printer(console: Console) -> tuple[Callable[[str, int, int, float]
 
     def plain(variant: str, r: int, total: int, acc: float) -> None:
         if r == total or r == 1 or r % max(1, total // 4) == 0:
-            console.print(f"[{variant}] round {r}/{total} accuracy {acc:.3f}", highlight=False)
+            console.print(
+                f"[{variant}] round {r}/{total} accuracy {acc:.3f}", highlight=False, markup=False
+            )
 
     return plain, None
 

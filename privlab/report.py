@@ -13,6 +13,7 @@ import json
 import math
 import re
 import statistics
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from privlab.results import atomic_write_text
 MISSING = "—"
 HEADLINE_METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
 """Shown first for membership attacks: AUC alone hides the low-FPR regime (Carlini et al.)."""
+SUMMARY_METRICS_PER_ATTACK = 5
 COUNT_METRICS = ("n_members", "n_nonmembers")
 """Sample counts go in the attack's column header, where they qualify every rate below them."""
 _METRIC_LABELS = {
@@ -145,7 +147,7 @@ def fmt_value(value: Any) -> str:
 def fmt_params(params: Any) -> str:
     if not isinstance(params, dict) or not params:
         return ""
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items())
+    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items() if v is not None)
 
 
 def metric_label(key: str) -> str:
@@ -266,6 +268,7 @@ def _attack_columns(scenario: dict[str, Any], variants: dict[str, Any]) -> list[
         keys = list(dict.fromkeys(keys))
         metrics = [k for k in HEADLINE_METRICS if k in keys]
         metrics += [k for k in keys if k not in HEADLINE_METRICS and k not in COUNT_METRICS]
+        metrics = metrics[:SUMMARY_METRICS_PER_ATTACK]  # all of them are in the variant cards
         first = entries[0]
         n_non = [_dict(e.get("metrics")).get("n_nonmembers") for e in entries]
         n_non_known = [int(f) for x in n_non if (f := _number(x)) is not None]
@@ -365,6 +368,10 @@ def _variant_rows(variants: dict[str, Any], columns: list[dict[str, Any]]) -> li
                 "final_accuracy": _dict(v.get("utility")).get("final_accuracy"),
                 "final_loss": _dict(v.get("utility")).get("final_loss"),
                 "cells": cells,
+                "attack_metrics": [
+                    (aid, [(k, m) for k, m in _dict(_dict(a).get("metrics")).items()])
+                    for aid, a in attacks.items()
+                ],
                 "privacy": privacy,
                 "per_client": per_client,
                 "per_client_range": (
@@ -425,6 +432,7 @@ def report_context(results: dict[str, Any]) -> dict[str, Any]:
         "expectations": expectations,
         "expectations_failed": failed,
         "accuracy_svg": plots.accuracy_plot(results),
+        "sections": extra_sections(results),
         "roc_plots": roc_plots,
         "scenario": scenario,
         "versions": _dict(results.get("versions")),
@@ -433,6 +441,40 @@ def report_context(results: dict[str, Any]) -> dict[str, Any]:
         "started": str(_dict(results.get("timing")).get("started") or ""),
         "seconds": _dict(results.get("timing")).get("seconds"),
     }
+
+
+# --------------------------------------------------------------------------- extra sections
+
+
+@dataclass(frozen=True)
+class Section:
+    """A report section contributed by a module of privlab.report_sections.
+
+    `html` must already be safe: build it with plots.py (which escapes) and html.escape.
+    """
+
+    title: str
+    html: str
+    caption: str = ""
+    order: int = 100
+
+
+def extra_sections(results: dict[str, Any]) -> list[Section]:
+    """Sections from every module in privlab.report_sections that defines
+    `sections(results) -> list[Section]` (attack and topology families add their own figures
+    there, e.g. reconstructions or accuracy against the malicious fraction)."""
+    import importlib
+    import pkgutil
+
+    from privlab import report_sections
+
+    found: list[Section] = []
+    for info in sorted(pkgutil.iter_modules(report_sections.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"privlab.report_sections.{info.name}")
+        maker = getattr(module, "sections", None)
+        if maker is not None:
+            found += maker(results)
+    return sorted(found, key=lambda sec: (sec.order, sec.title))
 
 
 # --------------------------------------------------------------------------- public API

@@ -205,18 +205,25 @@ class ScenarioRun:
         topology = registry.topologies.get(vs.topology.name, "topology.name")(ctx)
         outcome: TrainingOutcome = topology.run()
 
-        referee = build_challenge(dataset, clients, vs.seed)
         members = torch.as_tensor(np.concatenate([c.train_idx for c in clients]))
         _, train_loss = evaluate(
             outcome.model, tensors["x_train"][members], tensors["y_train"][members]
         )
-        view = FinalView(
-            query=make_query(outcome.model),
-            challenge=referee.challenge,
-            recipe=vs,
-            side_information={"mean_train_loss": train_loss},
-        )
-        attack_results = {a.id: grade(a, a.finalize(view), referee) for a in attacks}
+        attack_results = {}
+        for attack in attacks:
+            targets = attack.target_parties()
+            chosen = clients if targets is None else [clients[k] for k in targets]
+            referee = build_challenge(dataset, chosen, vs.seed)
+            view = FinalView(
+                query=make_query(outcome.model),
+                challenge=referee.challenge,
+                recipe=vs,
+                model_factory=lambda vs=vs, d=dataset: build_model(
+                    vs.model, d.input_shape, d.num_classes
+                ),
+                side_information={"mean_train_loss": train_loss},
+            )
+            attack_results[attack.id] = grade(attack, attack.finalize(view), referee)
         per_round = [r.to_json() for r in outcome.rounds]
         bytes_per_round = [
             int(wire.bytes_by_round.get(r, 0)) for r in range(0, vs.topology.rounds + 1)

@@ -23,6 +23,7 @@ from privlab.defenses.base import (
     Defense,
     LocalTrainingDefense,
     Placement,
+    TransportDefense,
 )
 from privlab.errors import ScenarioError
 from privlab.training import LocalTrainer, TrainSettings, evaluate, seeded_generator
@@ -43,6 +44,7 @@ class DefenseStack:
 
     local_training: LocalTrainingDefense | None = None
     client_update: list[ClientUpdateDefense] = field(default_factory=list)
+    transport: TransportDefense | None = None
     aggregation: AggregationDefense | None = None
     other: list[Defense] = field(default_factory=list)
 
@@ -59,6 +61,13 @@ class DefenseStack:
                 stack.local_training = d
             elif isinstance(d, ClientUpdateDefense):
                 stack.client_update.append(d)
+            elif isinstance(d, TransportDefense):
+                if stack.transport is not None:
+                    raise ScenarioError(
+                        f"{d.field}.name: only one transport defense per variant "
+                        f"('{stack.transport.spec.name}' is already set)"
+                    )
+                stack.transport = d
             elif isinstance(d, AggregationDefense):
                 if stack.aggregation is not None:
                     raise ScenarioError(
@@ -78,6 +87,8 @@ class DefenseStack:
         if self.local_training:
             out.append(self.local_training)
         out += self.client_update
+        if self.transport:
+            out.append(self.transport)
         if self.aggregation:
             out.append(self.aggregation)
         return out + self.other
@@ -91,14 +102,18 @@ class RoundRecord:
     bytes: int
     seconds: float
     participants: int
+    epsilon: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "round": self.round,
             "accuracy": round(self.accuracy, 6),
             "loss": round(self.loss, 6),
             "participants": self.participants,
         }
+        if self.epsilon is not None:
+            out["epsilon"] = round(self.epsilon, 6)
+        return out
 
 
 @dataclass

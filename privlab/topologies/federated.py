@@ -1,9 +1,11 @@
 """Federated learning: FedAvg (McMahan et al. 2017) and FedProx (Li et al. 2020).
 
-Each round the server samples a fraction of clients and broadcasts the global model; each
-sampled client (unless it drops out) trains locally, applies its client-side defenses to the
-update, and sends it; the server aggregates (weighted mean by sample count, or the variant's
-aggregation defense) and steps the global model by `server_lr` times the aggregate.
+One round, as data flows: the server samples a fraction of clients and broadcasts the global
+model; each sampled client that does not drop out trains locally (a controlled client may train
+on poisoned data) and applies its client-side defenses; controlled clients may then replace
+their updates (model poisoning); each update crosses the wire, protected by the transport
+defense if any (the server then sees only ciphertexts); the server aggregates (weighted mean by
+sample count, a robust rule, or the decrypted sum) and steps the global model by `server_lr`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import copy
 import numpy as np
 import torch
 
-from privlab.topologies.base import Topology, TrainingOutcome
-from privlab.training import State, seeded_generator
+from privlab.attacks.base import Attack
+from privlab.topologies.base import RoundRecord, Topology, TrainingOutcome
+from privlab.training import LocalTrainer, State, seeded_generator
 from privlab.wire import SERVER, client
 
 Update = dict[str, torch.Tensor]
@@ -34,56 +37,106 @@ def difference(new: State, old: State) -> Update:
 
 
 class FederatedTopology(Topology):
-    """FedAvg / FedProx with client sampling, dropout and pluggable defenses."""
+    """FedAvg / FedProx with client sampling, dropout, malicious clients and defenses."""
 
     def run(self) -> TrainingOutcome:
         ctx, spec = self.ctx, self.spec
-        trainers = [
-            self.make_trainer(
-                c.client_id,
-                ctx.x_train[torch.as_tensor(c.train_idx)],
-                ctx.y_train[torch.as_tensor(c.train_idx)],
-            )
-            for c in ctx.clients
-        ]
+        num_clients = len(ctx.clients)
+        self.owner: dict[int, Attack] = {}
+        for attack in ctx.attacks:
+            for k in attack.controlled_clients(num_clients):
+                self.owner.setdefault(k, attack)
+        trainers = [self._client_trainer(c.client_id, c.train_idx) for c in ctx.clients]
         server_model = copy.deepcopy(ctx.model)
         state: State = {k: v.detach().clone() for k, v in server_model.state_dict().items()}
+        if ctx.defenses.transport is not None:
+            ctx.defenses.transport.setup(num_clients, difference(state, state))
         rng = np.random.default_rng([self.seed, 11])
-        per_round = max(1, round(spec.client_fraction * len(trainers)))
-        records = []
+        per_round = max(1, round(spec.client_fraction * num_clients))
+        records: list[RoundRecord] = []
         for r in range(1, spec.rounds + 1):
-            sampled = np.sort(rng.choice(len(trainers), size=per_round, replace=False))
+            sampled = np.sort(rng.choice(num_clients, size=per_round, replace=False))
             stays = rng.random(per_round) >= spec.dropout
-            updates, weights = [], []
-            for k, active in zip(sampled.tolist(), stays.tolist(), strict=True):
-                ctx.wire.send(r, SERVER, client(k), "global_model", state)
-                if not active:
-                    continue
-                trainer = trainers[k]
-                trainer.train(state)
-                update = difference(trainer.state(), state)
-                gen = seeded_generator(self.seed, k, r, 13)
-                for defense in ctx.defenses.client_update:
-                    update = defense.transform(update, generator=gen)
-                ctx.wire.send(r, client(k), SERVER, "update", update)
-                updates.append(update)
-                weights.append(float(trainer.num_samples))
+            updates, weights = self._local_round(r, state, trainers, sampled, stays)
             if updates:
-                agg = (
-                    ctx.defenses.aggregation.aggregate(updates, weights)
-                    if ctx.defenses.aggregation
-                    else weighted_mean(updates, weights)
-                )
+                agg = self._aggregate(r, updates, weights)
                 state = {
                     k: (v + spec.server_lr * agg[k]) if k in agg else v for k, v in state.items()
                 }
             server_model.load_state_dict(state)
-            records.append(self.record(r, server_model, participants=len(updates)))
+            record = self.record(r, server_model, participants=len(updates))
+            record.epsilon = self._aggregation_epsilon()
+            records.append(record)
         privacy = self.worst_case_privacy(
             {str(c.client_id): t.privacy() for c, t in zip(ctx.clients, trainers, strict=True)}
         )
+        if privacy is None and ctx.defenses.aggregation is not None:
+            privacy = ctx.defenses.aggregation.privacy()
         notes = []
         if spec.dropout > 0:
-            dropped = spec.rounds * per_round - sum(r.participants for r in records)
+            dropped = spec.rounds * per_round - sum(rec.participants for rec in records)
             notes.append(f"{dropped} client-rounds dropped out (p={spec.dropout})")
+        if self.owner:
+            notes.append(f"malicious clients: {sorted(self.owner)}")
         return TrainingOutcome(server_model, records, privacy, notes)
+
+    def _client_trainer(self, k: int, idx: np.ndarray) -> LocalTrainer:
+        x = self.ctx.x_train[torch.as_tensor(idx)]
+        y = self.ctx.y_train[torch.as_tensor(idx)]
+        if k in self.owner:
+            x, y = self.owner[k].poison_data(k, x, y)
+        return self.make_trainer(k, x, y)
+
+    def _local_round(
+        self,
+        r: int,
+        state: State,
+        trainers: list[LocalTrainer],
+        sampled: np.ndarray,
+        stays: np.ndarray,
+    ) -> tuple[dict[int, Update], dict[int, float]]:
+        """Broadcast, local training, client-side defenses, then malicious replacement."""
+        ctx = self.ctx
+        updates: dict[int, Update] = {}
+        weights: dict[int, float] = {}
+        for k, active in zip(sampled.tolist(), stays.tolist(), strict=True):
+            ctx.wire.send(r, SERVER, client(k), "global_model", state)
+            if not active:
+                continue
+            trainers[k].train(state)
+            update = difference(trainers[k].state(), state)
+            gen = seeded_generator(self.seed, k, r, 13)
+            for defense in ctx.defenses.client_update:
+                update = defense.transform(update, generator=gen)
+            updates[k] = update
+            weights[k] = float(trainers[k].num_samples)
+        for attack in dict.fromkeys(self.owner.values()):
+            mine = {k: u for k, u in updates.items() if self.owner.get(k) is attack}
+            if mine:
+                benign = {k: u for k, u in updates.items() if k not in self.owner}
+                updates.update(attack.craft_updates(r, mine, benign, state))
+        return updates, weights
+
+    def _aggregate(self, r: int, updates: dict[int, Update], weights: dict[int, float]) -> Update:
+        """Send each update over the wire and combine them as the variant's defenses say."""
+        ctx = self.ctx
+        ids = sorted(updates)
+        transport = ctx.defenses.transport
+        if transport is not None:
+            payloads = []
+            for k in ids:
+                payload = transport.protect(k, updates[k], weights[k])
+                ctx.wire.send(r, client(k), SERVER, "update", payload)
+                payloads.append(payload)
+            return transport.reveal(transport.combine(payloads))
+        for k in ids:
+            ctx.wire.send(r, client(k), SERVER, "update", updates[k])
+        stack, w = [updates[k] for k in ids], [weights[k] for k in ids]
+        if ctx.defenses.aggregation is not None:
+            return ctx.defenses.aggregation.aggregate(stack, w)
+        return weighted_mean(stack, w)
+
+    def _aggregation_epsilon(self) -> float | None:
+        agg = self.ctx.defenses.aggregation
+        spent = agg.privacy() if agg is not None else None
+        return None if spent is None else float(spent["epsilon"])
