@@ -55,6 +55,14 @@ class MembershipChallenge:
 
 
 @dataclass(frozen=True)
+class PopulationData:
+    """Labelled records from the data distribution that no party trains on."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
 class FinalView:
     """What an adversary holds after training.
 
@@ -70,6 +78,9 @@ class FinalView:
     recipe: Scenario
     model_factory: Callable[[], torch.nn.Module]
     side_information: dict[str, Any] = field(default_factory=dict)
+    population: PopulationData | None = None
+    """Auxiliary records the adversary legitimately holds (same distribution, disjoint from
+    every client's records and so from the challenge): reference (shadow) models train on it."""
 
 
 @dataclass
@@ -80,10 +91,41 @@ class MembershipScores:
     threshold: float | None = None
 
 
+@dataclass(frozen=True)
+class TargetedProbe:
+    """A test the referee runs for an attack on held-out records it never hands over: take the
+    test records whose label is not `target` (only those of class `source`, if given), apply
+    `stamp` (e.g. a backdoor trigger the attacker chose; None: unchanged) and report, as the
+    attack's metric `metric`, the share the released model classifies as `target`."""
+
+    metric: str
+    target: int
+    source: int | None = None
+    stamp: Callable[[np.ndarray], np.ndarray] | None = None
+
+
 @dataclass
 class AttackResult:
     metrics: dict[str, float | int]
     artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RefereeTruth:
+    """What the referee knows beyond membership: the topology's referee-only log (e.g. which
+    records each split-learning batch held, keyed by round, client and step) and the data."""
+
+    log: dict[str, Any]
+    x_train: np.ndarray
+    y_train: np.ndarray
+
+
+class RefereeGraded:
+    """An attack output the referee grades against truth the attack never saw (recovered
+    labels, reconstructed inputs): `grade` turns it into an AttackResult."""
+
+    def grade(self, truth: RefereeTruth) -> AttackResult:
+        raise NotImplementedError
 
 
 class NoParams(BaseModel):
@@ -139,5 +181,20 @@ class Attack:
         that uses it must declare so in its threat model's knowledge."""
         return malicious
 
-    def finalize(self, view: FinalView) -> AttackResult | MembershipScores:
+    def begin_round(self, round_: int) -> None:
+        """Called at the start of each training round, before local training (an attacker
+        that controls clients may switch their data from this round on)."""
+
+    def probes(self) -> list[TargetedProbe]:
+        """Targeted tests (backdoor success, targeted misclassification) the referee grades
+        on the test set after training."""
+        return []
+
+    def check_setting(
+        self, scenario: Scenario, input_shape: tuple[int, ...], num_classes: int
+    ) -> None:
+        """Raise a one-line ScenarioError if the params do not fit this scenario (called
+        before any training, with the variant's scenario)."""
+
+    def finalize(self, view: FinalView) -> AttackResult | MembershipScores | RefereeGraded:
         raise NotImplementedError

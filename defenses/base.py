@@ -17,6 +17,7 @@ from privlab.scenario import ComponentSpec, validate_params
 if TYPE_CHECKING:
     import torch
 
+    from privlab.scenario import Scenario
     from privlab.training import LocalTrainer, TrainSettings
 
 
@@ -46,6 +47,12 @@ class Defense:
     def privacy(self) -> dict[str, Any] | None:
         """Privacy this defense has accounted so far (None: it makes no formal claim)."""
         return None
+
+    def check_setting(
+        self, scenario: Scenario, input_shape: tuple[int, ...], num_classes: int
+    ) -> None:
+        """Raise a one-line ScenarioError if the params do not fit this scenario (called
+        before any training)."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -95,6 +102,14 @@ class TransportDefense(Defense):
     def setup(self, num_clients: int, template: dict[str, torch.Tensor]) -> None:
         """Key generation and distribution, before the first round."""
 
+    def setup_messages(self) -> list[tuple[str, str, str, Any]]:
+        """(sender, receiver, kind, payload) messages of the key set-up that cross the wire at
+        round 0 (e.g. the public context sent to the server)."""
+        return []
+
+    def discard(self, client_id: int) -> None:
+        """The last payload `protect` made for this client was never sent (late dropout)."""
+
     def protect(self, client_id: int, update: dict[str, torch.Tensor], weight: float) -> Any:
         raise NotImplementedError
 
@@ -110,6 +125,23 @@ class AggregationDefense(Defense):
     """Replaces the server's weighted mean with another aggregation rule."""
 
     placement = Placement.AGGREGATION
+    inspects_updates: ClassVar[bool] = False
+    """True for rules that must read single updates (robust aggregators): they cannot run
+    behind a transport defense (secure aggregation), which hides single updates."""
+    last_selected: list[int] | None = None
+    """Positions (in the stack passed to `aggregate`) the rule kept in its last call; None
+    for rules that keep everyone. The topology maps them to client ids for the referee."""
+
+    @property
+    def root_size(self) -> int:
+        """Clean records the server must hold (FLTrust's root set), taken from the test pool."""
+        return 0
+
+    def bind_server(self, trainer: LocalTrainer) -> None:
+        """Receive a trainer on the server's root records (only when root_size > 0)."""
+
+    def start_round(self, round_: int, global_state: dict[str, torch.Tensor]) -> None:
+        """Called with the global model before the round's updates arrive."""
 
     def aggregate(
         self, updates: list[dict[str, torch.Tensor]], weights: list[float]

@@ -42,22 +42,22 @@ def guarded(fn: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except ExpectationBreach as exc:
-            err_console.print(f"[red]breached:[/red] {exc}", highlight=False)
+            typer.echo(f"breached: {exc}", err=True)
             raise typer.Exit(1) from None
         except PrivlabError as exc:
-            err_console.print(f"error: {exc}", highlight=False, markup=False)
+            typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted")
+            typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
         except Exception as exc:
             if os.environ.get("PRIVLAB_DEBUG"):
                 raise
-            err_console.print(
-                f"internal error: {type(exc).__name__}: {exc} "
+            first_line = (str(exc).splitlines() or [""])[0]
+            typer.echo(
+                f"internal error: {type(exc).__name__}: {first_line} "
                 "(set PRIVLAB_DEBUG=1 for the traceback)",
-                highlight=False,
-                markup=False,
+                err=True,
             )
             raise typer.Exit(3) from None
 

@@ -133,15 +133,206 @@ topologies.register(
     "privlab.topologies.federated:FederatedTopology",
     "FedAvg / FedProx: clients train locally, a server averages their updates",
 )
+topologies.register(
+    "split",
+    "privlab.topologies.split:SplitTopology",
+    "split learning: bottom model on clients up to a cut layer, top on a server; vanilla/U-shaped",
+)
 
 attacks.register(
     "loss_threshold",
     "privlab.attacks.membership:LossThresholdAttack",
     "membership inference by per-example loss threshold (Yeom et al. 2018); outsider, query access",
 )
+attacks.register(
+    "lira",
+    "privlab.attacks.lira:LiRAAttack",
+    "LiRA likelihood-ratio MIA (Carlini et al. 2022), online/offline; outsider, reference models",
+)
+attacks.register(
+    "lira_server",
+    "privlab.attacks.lira:LiRAServerAttack",
+    "LiRA by an honest-but-curious server on one client's update: was x in client k's data?",
+)
+attacks.register(
+    "rmia",
+    "privlab.attacks.rmia:RMIAAttack",
+    "RMIA (Zarifzadeh et al. 2024): pairwise likelihood ratios, strong with few reference models",
+)
+attacks.register(
+    "rmia_server",
+    "privlab.attacks.rmia:RMIAServerAttack",
+    "RMIA by an honest-but-curious server on one client's update: was x in client k's data?",
+)
+attacks.register(
+    "label_flip",
+    "privlab.attacks.poisoning:LabelFlipAttack",
+    "label flipping source -> target by malicious clients (Tolpegin et al. 2020)",
+)
+attacks.register(
+    "backdoor",
+    "privlab.attacks.poisoning:BackdoorAttack",
+    "BadNets backdoor: trigger patch relabelled to a target class (Gu et al. 2017)",
+)
+attacks.register(
+    "model_replacement",
+    "privlab.attacks.poisoning:ModelReplacementAttack",
+    "backdoored update boosted to replace the global model (Bagdasaryan et al. 2020)",
+)
+attacks.register(
+    "sign_flip",
+    "privlab.attacks.poisoning:SignFlipAttack",
+    "malicious clients send -scale times their honest update",
+)
+attacks.register(
+    "scaling",
+    "privlab.attacks.poisoning:ScalingAttack",
+    "malicious clients send boosted updates trained on relabelled data",
+)
+attacks.register(
+    "gaussian_noise",
+    "privlab.attacks.poisoning:GaussianAttack",
+    "malicious clients send Gaussian noise (norm of an honest update by default)",
+)
+attacks.register(
+    "alie",
+    "privlab.attacks.poisoning:ALIEAttack",
+    "A Little Is Enough: mean - z * std of updates (Baruch et al. 2019)",
+)
+attacks.register(
+    "ipm",
+    "privlab.attacks.poisoning:IPMAttack",
+    "inner-product manipulation: -epsilon * mean of updates (Xie et al. 2019)",
+)
+attacks.register(
+    "min_max",
+    "privlab.attacks.poisoning:MinMaxAttack",
+    "min-max model poisoning (Shejwalkar & Houmansadr 2021)",
+)
+attacks.register(
+    "min_sum",
+    "privlab.attacks.poisoning:MinSumAttack",
+    "min-sum model poisoning (Shejwalkar & Houmansadr 2021)",
+)
+attacks.register(
+    "label_leakage",
+    "privlab.attacks.split_learning:LabelLeakageAttack",
+    "split: labels from cut-layer gradients, norm or cosine attack (Li et al. 2022); cut-layer party",
+)
+attacks.register(
+    "activation_inversion",
+    "privlab.attacks.split_learning:ActivationInversionAttack",
+    "split: server trains an inverse model on auxiliary data to rebuild inputs (He et al. 2019)",
+)
+attacks.register(
+    "dlg",
+    "privlab.attacks.gradient_inversion:DLGAttack",
+    "DLG gradient inversion: L2 matching of dummy inputs + soft labels (Zhu et al. 2019); server",
+)
+attacks.register(
+    "idlg",
+    "privlab.attacks.gradient_inversion:IDLGAttack",
+    "iDLG: label from the classifier bias gradient, then DLG (Zhao et al. 2020); server",
+)
+attacks.register(
+    "inverting_gradients",
+    "privlab.attacks.gradient_inversion:InvertingGradientsAttack",
+    "Inverting Gradients: cosine + total variation, Adam (Geiping et al. 2020); server",
+)
+attacks.register(
+    "analytic_fc",
+    "privlab.attacks.gradient_inversion:AnalyticFCAttack",
+    "analytic input recovery of the first fully connected layer at batch 1; server",
+)
 
 defenses.register(
     "dp_sgd",
     "privlab.defenses.dp_sgd:DPSGD",
     "DP-SGD via Opacus inside each client's local training; epsilon from Opacus' accountant",
+)
+defenses.register(
+    "dp_fedavg",
+    "privlab.defenses.dp_fedavg:DPFedAvg",
+    "client-level DP-FedAvg (McMahan et al. 2018): server clips and noises updates; "
+    "fixed/adaptive clipping, per-round epsilon",
+)
+defenses.register(
+    "nopeek",
+    "privlab.defenses.split_boundary:NoPeek",
+    "NoPeek (Vepakomma et al. 2020): distance-correlation penalty on cut-layer activations; split",
+)
+defenses.register(
+    "activation_noise",
+    "privlab.defenses.split_boundary:ActivationNoise",
+    "Gaussian noise on cut-layer activations before they leave the client; split",
+)
+defenses.register(
+    "gradient_perturbation",
+    "privlab.defenses.split_boundary:GradientPerturbation",
+    "label protection: max-norm noise on cut-layer gradients (Li et al. 2022); split",
+)
+defenses.register(
+    "krum",
+    "privlab.defenses.robust_aggregation:Krum",
+    "Krum: the update closest to its n - f - 2 neighbours (Blanchard et al. 2017)",
+)
+defenses.register(
+    "multi_krum",
+    "privlab.defenses.robust_aggregation:MultiKrum",
+    "Multi-Krum: mean of the m best Krum-scored updates (Blanchard et al. 2017)",
+)
+defenses.register(
+    "median",
+    "privlab.defenses.robust_aggregation:Median",
+    "coordinate-wise median of updates (Yin et al. 2018)",
+)
+defenses.register(
+    "trimmed_mean",
+    "privlab.defenses.robust_aggregation:TrimmedMean",
+    "coordinate-wise trimmed mean of updates (Yin et al. 2018)",
+)
+defenses.register(
+    "bulyan",
+    "privlab.defenses.robust_aggregation:Bulyan",
+    "Bulyan: Krum selection then trimmed mean near the median (El Mhamdi et al. 2018)",
+)
+defenses.register(
+    "geometric_median",
+    "privlab.defenses.robust_aggregation:GeometricMedian",
+    "geometric median by smoothed Weiszfeld (Pillutla et al., RFA)",
+)
+defenses.register(
+    "centered_clipping",
+    "privlab.defenses.robust_aggregation:CenteredClipping",
+    "centered clipping around the last aggregate (Karimireddy et al. 2021)",
+)
+defenses.register(
+    "fltrust",
+    "privlab.defenses.robust_aggregation:FLTrust",
+    "FLTrust: trust by cosine to a server root-data update (Cao et al. 2021)",
+)
+defenses.register(
+    "norm_bounding",
+    "privlab.defenses.robust_aggregation:NormBounding",
+    "clip each update's L2 norm, then average (Sun et al. 2019)",
+)
+defenses.register(
+    "update_clipping",
+    "privlab.defenses.robust_aggregation:UpdateClipping",
+    "client-side L2 clipping of the update before it leaves the device",
+)
+defenses.register(
+    "secure_aggregation",
+    "privlab.defenses.secure_aggregation:SecureAggregation",
+    "CKKS secure aggregation (TenSEAL): the server sums ciphertexts, holds no secret key",
+)
+defenses.register(
+    "gradient_pruning",
+    "privlab.defenses.update_perturbation:GradientPruning",
+    "client-side pruning of the smallest update entries / top-k (Zhu et al. 2019)",
+)
+defenses.register(
+    "update_noise",
+    "privlab.defenses.update_perturbation:UpdateNoise",
+    "client-side additive Gaussian noise on the update, optional L2 clipping first",
 )

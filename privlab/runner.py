@@ -23,6 +23,9 @@ from privlab.attacks.base import (
     FinalView,
     MembershipChallenge,
     MembershipScores,
+    PopulationData,
+    RefereeGraded,
+    RefereeTruth,
 )
 from privlab.data import Dataset, load_dataset
 from privlab.defenses.base import Defense
@@ -76,6 +79,14 @@ def instantiate_defenses(scenario: Scenario, variant: VariantSpec, index: int) -
     for j, spec in enumerate(variant.defenses):
         field = f"variants.{index}.defenses.{j}"
         out.append(registry.defenses.get(spec.name, f"{field}.name")(spec, field))
+    topo = scenario.topology.name
+    for d in out:
+        allowed = getattr(d, "topologies", None)
+        if allowed is not None and topo not in allowed:
+            raise ScenarioError(
+                f"{d.field}.name: '{d.spec.name}' does not apply to topology '{topo}' "
+                f"(it applies to: {', '.join(sorted(allowed))})"
+            )
     return out
 
 
@@ -91,6 +102,16 @@ def instantiate_attacks(scenario: Scenario) -> list[Attack]:
             )
         out.append(attack)
     return out
+
+
+def _check_target_parties(attacks: list[Attack], num_clients: int) -> None:
+    for attack in attacks:
+        for k in attack.target_parties() or []:
+            if not 0 <= k < num_clients:
+                raise ScenarioError(
+                    f"{attack.field}.params.client: client {k} does not exist "
+                    f"(the partition has clients 0..{num_clients - 1})"
+                )
 
 
 def make_query(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
@@ -140,6 +161,9 @@ class ScenarioRun:
             attacks = instantiate_attacks(vs)
             dataset = self._dataset(vs)
             clients = partition(dataset.y_train, vs.partition, vs.seed)
+            _check_target_parties(attacks, len(clients))
+            for component in [*defenses.all(), *attacks]:
+                component.check_setting(vs, dataset.input_shape, dataset.num_classes)
             self.variants.append((variant, vs, defenses, attacks, dataset, clients))
 
     def _dataset(self, s: Scenario) -> Dataset:
@@ -195,12 +219,14 @@ class ScenarioRun:
             "x_test": torch.as_tensor(dataset.x_test),
             "y_test": torch.as_tensor(dataset.y_test),
         }
+        server = server_root_split(defenses, tensors, vs.seed)
         progress = None
         if self.progress is not None:
             cb = self.progress
             progress = lambda r, total, acc: cb(variant.name, r, total, acc)  # noqa: E731
         ctx = TopologyContext(
-            vs, dataset, clients, model, defenses, wire, attacks, progress=progress, **tensors
+            vs, dataset, clients, model, defenses, wire, attacks, progress=progress, **tensors,
+            **server,
         )
         topology = registry.topologies.get(vs.topology.name, "topology.name")(ctx)
         outcome: TrainingOutcome = topology.run()
@@ -221,9 +247,21 @@ class ScenarioRun:
                 model_factory=lambda vs=vs, d=dataset: build_model(
                     vs.model, d.input_shape, d.num_classes
                 ),
-                side_information={"mean_train_loss": train_loss},
+                side_information={
+                    "mean_train_loss": train_loss,
+                    "client_num_samples": {c.client_id: len(c.train_idx) for c in clients},
+                },
+                population=PopulationData(x=dataset.x_test, y=dataset.y_test),
             )
-            attack_results[attack.id] = grade(attack, attack.finalize(view), referee)
+            output = attack.finalize(view)
+            if isinstance(output, RefereeGraded):
+                output = output.grade(
+                    RefereeTruth(outcome.truth, dataset.x_train, dataset.y_train)
+                )
+            attack_results[attack.id] = grade(attack, output, referee)
+            attack_results[attack.id]["metrics"].update(
+                probe_metrics(attack, view.query, tensors["x_test"], tensors["y_test"])
+            )
         per_round = [r.to_json() for r in outcome.rounds]
         bytes_per_round = [
             int(wire.bytes_by_round.get(r, 0)) for r in range(0, vs.topology.rounds + 1)
@@ -245,7 +283,67 @@ class ScenarioRun:
                 "seconds": round(time.perf_counter() - t0, 3),
             },
             "notes": outcome.notes,
+            **({"topology": outcome.extra} if outcome.extra else {}),
+            **({"robustness": detection_metrics(outcome)} if outcome.selections else {}),
         }
+
+
+def server_root_split(
+    defenses: DefenseStack, tensors: dict[str, torch.Tensor], seed: int
+) -> dict[str, torch.Tensor]:
+    """Move `root_size` seeded test records to the server (FLTrust's clean root set): the server
+    legitimately holds them, and they leave the evaluation set so accuracy stays held out."""
+    agg = defenses.aggregation
+    size = agg.root_size if agg is not None else 0
+    if not size:
+        return {}
+    n = len(tensors["y_test"])
+    if size > n // 2:
+        raise ScenarioError(
+            f"{agg.field}.params.root_size: at most half the test pool ({n // 2}), got {size}"
+        )
+    order = torch.as_tensor(np.random.default_rng([seed, 29]).permutation(n))
+    root, keep = order[:size], torch.sort(order[size:]).values
+    server = {"server_x": tensors["x_test"][root], "server_y": tensors["y_test"][root]}
+    tensors["x_test"], tensors["y_test"] = tensors["x_test"][keep], tensors["y_test"][keep]
+    return server
+
+
+def probe_metrics(
+    attack: Attack, query: Callable[[np.ndarray], np.ndarray], x: torch.Tensor, y: torch.Tensor
+) -> dict[str, float | int]:
+    """The referee's targeted tests on the evaluation set: the share of (triggered) records of
+    other classes that the released model assigns to the attack's target class."""
+    out: dict[str, float | int] = {}
+    xs, ys = x.numpy(), y.numpy()
+    for probe in attack.probes():
+        keep = ys != probe.target
+        if probe.source is not None:
+            keep &= ys == probe.source
+        inputs = xs[keep] if probe.stamp is None else probe.stamp(xs[keep].copy())
+        hit = query(inputs).argmax(axis=1) == probe.target if keep.any() else np.zeros(0)
+        out[probe.metric] = round(float(hit.mean()), 6) if len(hit) else None
+        out[f"{probe.metric}_n"] = int(keep.sum())
+    return out
+
+
+def detection_metrics(outcome: TrainingOutcome) -> dict[str, Any]:
+    """Precision and recall of the aggregator's rejections at catching malicious clients,
+    pooled over client-rounds (None where undefined: nothing rejected, nobody malicious)."""
+    malicious = set(outcome.malicious)
+    flagged = caught = bad = 0
+    for sel in outcome.selections:
+        rejected = set(sel["participants"]) - set(sel["selected"])
+        flagged += len(rejected)
+        caught += len(rejected & malicious)
+        bad += len(set(sel["participants"]) & malicious)
+    return {
+        "detection_precision": round(caught / flagged, 6) if flagged else None,
+        "detection_recall": round(caught / bad, 6) if bad else None,
+        "rejected_client_rounds": flagged,
+        "malicious_client_rounds": bad,
+        "rounds": len(outcome.selections),
+    }
 
 
 def _round_privacy(privacy: dict[str, Any] | None) -> dict[str, Any] | None:

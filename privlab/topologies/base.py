@@ -77,6 +77,13 @@ class DefenseStack:
                 stack.aggregation = d
             else:
                 stack.other.append(d)
+        agg, transport = stack.aggregation, stack.transport
+        if agg is not None and transport is not None and agg.inspects_updates:
+            raise ScenarioError(
+                f"{agg.field}.name: '{agg.spec.name}' must inspect each client's update, but "
+                f"'{transport.spec.name}' hides single updates from the server; use one of "
+                "them, or clip on the clients before encryption ('update_clipping')"
+            )
         return stack
 
     def at(self, placement: Placement) -> list[Defense]:
@@ -122,6 +129,15 @@ class TrainingOutcome:
     rounds: list[RoundRecord]
     privacy: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
+    truth: dict[str, Any] = field(default_factory=dict)
+    """Referee-only log (never shown to attacks): e.g. which records each batch held."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Topology-specific results (ledger checks, baselines), saved under the variant's
+    `topology` key of results.json."""
+    selections: list[dict[str, Any]] = field(default_factory=list)
+    """Per round, the clients a selecting aggregator kept: {round, participants, selected}."""
+    malicious: list[int] = field(default_factory=list)
+    """Client ids controlled by attacks (referee-only truth for detection metrics)."""
 
 
 @dataclass
@@ -138,6 +154,9 @@ class TopologyContext:
     x_test: torch.Tensor
     y_test: torch.Tensor
     progress: ProgressFn | None = None
+    server_x: torch.Tensor | None = None
+    server_y: torch.Tensor | None = None
+    """Clean records the server holds itself (FLTrust's root set), kept out of evaluation."""
 
 
 class Topology(ABC):

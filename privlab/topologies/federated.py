@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from privlab.attacks.base import Attack
+from privlab.errors import ScenarioError
 from privlab.topologies.base import RoundRecord, Topology, TrainingOutcome
 from privlab.training import LocalTrainer, State, seeded_generator
 from privlab.wire import SERVER, client
@@ -30,6 +31,15 @@ def weighted_mean(updates: list[Update], weights: list[float]) -> Update:
         key: sum((w / total) * u[key] for u, w in zip(updates, weights, strict=True))
         for key in updates[0]
     }
+
+
+def late_dropout(params: dict) -> float:
+    """`topology.params.late_dropout`: probability that a client drops out after computing (and
+    protecting) its update, before it reaches the server (0 when unset)."""
+    p = params.get("late_dropout", 0.0)
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+        raise ScenarioError(f"topology.params.late_dropout: must be a number in [0, 1) (got {p!r})")
+    return float(p)
 
 
 def difference(new: State, old: State) -> Update:
@@ -51,14 +61,34 @@ class FederatedTopology(Topology):
         state: State = {k: v.detach().clone() for k, v in server_model.state_dict().items()}
         if ctx.defenses.transport is not None:
             ctx.defenses.transport.setup(num_clients, difference(state, state))
+            for sender, receiver, kind, payload in ctx.defenses.transport.setup_messages():
+                ctx.wire.send(0, sender, receiver, kind, payload)
+        late_dropout(spec.params)  # validate before any training
+        self._late_rng = np.random.default_rng([self.seed, 17])
+        self._selections: list[dict] = []
+        aggregation = ctx.defenses.aggregation
+        if aggregation is not None and ctx.server_x is not None and ctx.server_y is not None:
+            aggregation.bind_server(  # the server's own clean root records (FLTrust)
+                LocalTrainer(
+                    copy.deepcopy(ctx.model),
+                    ctx.server_x,
+                    ctx.server_y,
+                    self.settings,
+                    seeded_generator(self.seed, 1_000_003, 7),
+                )
+            )
         rng = np.random.default_rng([self.seed, 11])
         per_round = max(1, round(spec.client_fraction * num_clients))
         records: list[RoundRecord] = []
         for r in range(1, spec.rounds + 1):
             sampled = np.sort(rng.choice(num_clients, size=per_round, replace=False))
             stays = rng.random(per_round) >= spec.dropout
+            for attack in ctx.attacks:
+                attack.begin_round(r)
             updates, weights = self._local_round(r, state, trainers, sampled, stays)
             if updates:
+                if aggregation is not None:
+                    aggregation.start_round(r, state)
                 agg = self._aggregate(r, updates, weights)
                 state = {
                     k: (v + spec.server_lr * agg[k]) if k in agg else v for k, v in state.items()
@@ -78,7 +108,16 @@ class FederatedTopology(Topology):
             notes.append(f"{dropped} client-rounds dropped out (p={spec.dropout})")
         if self.owner:
             notes.append(f"malicious clients: {sorted(self.owner)}")
-        return TrainingOutcome(server_model, records, privacy, notes)
+        return TrainingOutcome(
+            server_model,
+            records,
+            privacy,
+            notes,
+            selections=self._selections,
+            malicious=sorted(self.owner),
+            # Referee-only: each client's training records (a reconstruction's ground truth).
+            truth={"client_records": {c.client_id: c.train_idx for c in ctx.clients}},
+        )
 
     def _client_trainer(self, k: int, idx: np.ndarray) -> LocalTrainer:
         x = self.ctx.x_train[torch.as_tensor(idx)]
@@ -122,18 +161,34 @@ class FederatedTopology(Topology):
         ctx = self.ctx
         ids = sorted(updates)
         transport = ctx.defenses.transport
+        late = late_dropout(self.spec.params)
         if transport is not None:
             payloads = []
             for k in ids:
                 payload = transport.protect(k, updates[k], weights[k])
+                if late and self._late_rng.random() < late:
+                    transport.discard(k)  # encrypted, then dropped out before sending
+                    continue
                 ctx.wire.send(r, client(k), SERVER, "update", payload)
                 payloads.append(payload)
+            if not payloads:
+                return {key: torch.zeros_like(v) for key, v in updates[ids[0]].items()}
             return transport.reveal(transport.combine(payloads))
+        if late:
+            ids = [k for k in ids if self._late_rng.random() >= late]
+            if not ids:
+                return {key: torch.zeros_like(v) for key, v in next(iter(updates.values())).items()}
         for k in ids:
             ctx.wire.send(r, client(k), SERVER, "update", updates[k])
         stack, w = [updates[k] for k in ids], [weights[k] for k in ids]
         if ctx.defenses.aggregation is not None:
-            return ctx.defenses.aggregation.aggregate(stack, w)
+            out = ctx.defenses.aggregation.aggregate(stack, w)
+            kept = ctx.defenses.aggregation.last_selected
+            if kept is not None:  # the server's decision, graded by the referee
+                self._selections.append(
+                    {"round": r, "participants": ids, "selected": [ids[i] for i in kept]}
+                )
+            return out
         return weighted_mean(stack, w)
 
     def _aggregation_epsilon(self) -> float | None:

@@ -1,0 +1,217 @@
+"""Client-level DP-FedAvg (McMahan et al. 2018, "Learning Differentially Private Recurrent
+Language Models", ICLR), with adaptive clipping (Andrew et al. 2021, "Differentially Private
+Learning with Adaptive Clipping", NeurIPS).
+
+The trusted server clips each sampled client's whole update to L2 norm C, sums the clipped
+updates, adds Gaussian noise N(0, (z C)^2) per coordinate, and divides by the expected number of
+clients per round (the fixed denominator of McMahan et al., so one client's presence changes
+the sum by at most C). Each round is a subsampled Gaussian mechanism on the set of clients with
+sampling rate q = clients per round / clients; an Opacus accountant (rdp, prv, or gdp, the
+last labelled approximate) composes the rounds, so epsilon is client-level: it covers every
+record of a client at once. privlab samples a fixed number of clients per round, while the
+accountants assume Poisson sampling with rate q: the usual approximation of DP-FedAvg (as in
+TensorFlow Privacy's and Opacus' federated examples).
+
+Adaptive clipping follows the quantile to a target: each round the server privately counts the
+clients whose update norm was at most C (count noise sigma_b) and sets
+C <- C exp(-eta (b - gamma)). The update noise is raised to z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2
+so that both releases together cost what one Gaussian mechanism with multiplier z costs.
+
+Budget: when the next round would push epsilon over `budget_epsilon`, `on_budget = "stop"`
+freezes the global model (the server releases nothing more, so nothing more is spent) and
+"warn" records that the budget was exceeded and goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from opacus.accountants.utils import get_noise_multiplier
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from privlab.defenses.base import AggregationDefense
+from privlab.defenses.dp_sgd import epsilon_of
+from privlab.errors import ScenarioError
+from privlab.training import seeded_generator
+
+if TYPE_CHECKING:
+    from privlab.scenario import Scenario
+
+log = logging.getLogger(__name__)
+Update = dict[str, torch.Tensor]
+
+
+class DPFedAvgParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    noise_multiplier: float | None = Field(default=None, gt=0)
+    target_epsilon: float | None = Field(default=None, gt=0)
+    clip_norm: float = Field(default=1.0, gt=0)
+    """C; with adaptive clipping, its starting value."""
+    clipping: Literal["fixed", "adaptive"] = "fixed"
+    target_quantile: float = Field(default=0.5, ge=0, le=1)
+    clip_lr: float = Field(default=0.2, gt=0)
+    count_noise: float | None = Field(default=None, gt=0)
+    """sigma_b of the clipped-count release (default: clients per round / 20, as Andrew et al.)."""
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    budget_epsilon: float | None = Field(default=None, gt=0)
+    on_budget: Literal["stop", "warn"] = "stop"
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> DPFedAvgParams:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError("give exactly one of noise_multiplier or target_epsilon")
+        return self
+
+
+def clip_update(update: Update, clip: float) -> tuple[Update, float]:
+    """Scale the whole update (all tensors together) to L2 norm at most `clip`."""
+    norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in update.values()))
+    scale = min(1.0, clip / norm) if norm > 0 else 1.0
+    return {k: t * scale for k, t in update.items()}, norm
+
+
+def adaptive_update_noise(z: float, count_noise: float) -> float:
+    """Andrew et al.'s split of the privacy cost: z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2."""
+    rest = z**-2 - (2 * count_noise) ** -2
+    if rest <= 0:
+        raise ValueError("count noise too small for this noise multiplier")
+    return rest**-0.5
+
+
+class DPFedAvg(AggregationDefense):
+    """Client-level DP-FedAvg: server-side clipping and Gaussian noise, accounted per round."""
+
+    Params = DPFedAvgParams
+    inspects_updates: ClassVar[bool] = True  # clipping needs each update in the clear
+
+    def __init__(self, spec: Any, field: str) -> None:
+        super().__init__(spec, field)
+        self.history: list[tuple[float, float, int]] = []
+        self.clip = float(self.params.clip_norm)
+        self.noise = self.params.noise_multiplier
+        self.sample_rate = 1.0
+        self.expected_clients = 1
+        self.stopped_at: int | None = None
+        self.exceeded = False
+        self.round = 0
+        self.generator = seeded_generator(0, 53)
+
+    # ----- set-up, before any training
+
+    def check_setting(
+        self, scenario: Scenario, input_shape: tuple[int, ...], num_classes: int
+    ) -> None:
+        p: DPFedAvgParams = self.params
+        if scenario.topology.name != "federated":
+            raise ScenarioError(
+                f"{self.field}.name: dp_fedavg needs topology 'federated' "
+                f"(got '{scenario.topology.name}'); use dp_sgd for record-level DP"
+            )
+        n = scenario.partition.num_clients
+        self.expected_clients = max(1, round(scenario.topology.client_fraction * n))
+        self.sample_rate = self.expected_clients / n
+        self.generator = seeded_generator(scenario.seed, 53)
+        rounds = scenario.topology.rounds
+        if p.target_epsilon is not None:
+            try:
+                self.noise = get_noise_multiplier(
+                    target_epsilon=p.target_epsilon,
+                    target_delta=p.delta,
+                    sample_rate=self.sample_rate,
+                    steps=rounds,
+                    accountant=p.accountant,
+                    epsilon_tolerance=0.01,
+                )
+            except ValueError as exc:
+                raise ScenarioError(
+                    f"{self.field}.params.target_epsilon: {p.target_epsilon} cannot be reached "
+                    f"with delta={p.delta}, client sampling rate {self.sample_rate:.3g} and "
+                    f"{rounds} rounds ({exc}); raise it or run fewer rounds"
+                ) from None
+        if p.clipping == "adaptive":
+            try:
+                adaptive_update_noise(self.noise, self.count_noise)
+            except ValueError:
+                raise ScenarioError(
+                    f"{self.field}.params.count_noise: adaptive clipping needs count noise above "
+                    f"noise_multiplier / 2 = {self.noise / 2:.3g} (got {self.count_noise:.3g})"
+                ) from None
+
+    @property
+    def count_noise(self) -> float:
+        return self.params.count_noise or self.expected_clients / 20
+
+    # ----- one round
+
+    def _epsilon(self, history: list[tuple[float, float, int]]) -> float:
+        if not history:
+            return 0.0
+        steps = sum(n for _, _, n in history)
+        merged = ((float(history[0][0]), float(history[0][1]), int(steps)),)
+        return epsilon_of(merged, self.params.delta, self.params.accountant)
+
+    def _next_history(self) -> list[tuple[float, float, int]]:
+        steps = sum(n for _, _, n in self.history) + 1
+        return [(float(self.noise), float(self.sample_rate), steps)]
+
+    def start_round(self, round_: int, global_state: dict[str, torch.Tensor]) -> None:
+        self.round = round_
+
+    def aggregate(self, updates: list[Update], weights: list[float]) -> Update:
+        p: DPFedAvgParams = self.params
+        zeros = {k: torch.zeros_like(v) for k, v in updates[0].items()}
+        if self.stopped_at is not None:
+            return zeros
+        upcoming = self._epsilon(self._next_history())
+        if p.budget_epsilon is not None and upcoming > p.budget_epsilon:
+            self.exceeded = True
+            if p.on_budget == "stop":
+                self.stopped_at = self.round
+                log.warning("dp_fedavg: budget reached; global model frozen at round %d", self.round)
+                return zeros
+            log.warning("dp_fedavg: epsilon %.3g exceeds the budget %.3g", upcoming, p.budget_epsilon)
+        self.history = self._next_history()
+        adaptive = p.clipping == "adaptive"
+        z = adaptive_update_noise(self.noise, self.count_noise) if adaptive else self.noise
+        total = {k: torch.zeros_like(v) for k, v in zeros.items()}
+        under = 0
+        for u in updates:
+            clipped, norm = clip_update(u, self.clip)
+            under += int(norm <= self.clip)
+            for k, t in clipped.items():
+                total[k] += t
+        out = {}
+        for k, t in total.items():
+            noise = torch.randn(t.shape, generator=self.generator, dtype=t.dtype) * (z * self.clip)
+            out[k] = (t + noise) / self.expected_clients
+        if adaptive:
+            noisy = under + float(torch.randn((), generator=self.generator)) * self.count_noise
+            fraction = noisy / self.expected_clients
+            self.clip *= math.exp(-p.clip_lr * (fraction - p.target_quantile))
+        return out
+
+    # ----- reporting
+
+    def privacy(self) -> dict[str, Any]:
+        p: DPFedAvgParams = self.params
+        out: dict[str, Any] = {
+            "epsilon": self._epsilon(self.history),
+            "delta": p.delta,
+            "accountant": p.accountant,
+            "approximate": p.accountant == "gdp",
+            "level": "client",
+            "noise_multiplier": self.noise,
+            "sample_rate": self.sample_rate,
+            "rounds_accounted": sum(n for _, _, n in self.history),
+            "clip_norm": self.clip,
+        }
+        if p.budget_epsilon is not None:
+            out["budget_epsilon"] = p.budget_epsilon
+            out["budget_exceeded"] = self.exceeded
+            if self.stopped_at is not None:
+                out["stopped_at_round"] = self.stopped_at
+        return out

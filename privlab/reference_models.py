@@ -1,0 +1,246 @@
+"""Reference (shadow) models for membership attacks: trained together, cached by content.
+
+LiRA and RMIA need many models trained with the target's recipe on subsets of data the attacker
+holds. Training them one by one is the cost that makes LiRA slow, so here all M models train in
+one loop: their parameters are stacked (torch.func.stack_module_state) and one vmapped
+functional_call runs every model on its own mini-batch. Summing the models' losses gives each
+model exactly its own gradient (the models share no parameters), so a plain torch.optim.SGD over
+the stacked tensors takes M independent SGD steps with the recipe's lr, momentum and weight
+decay. Every model's subset has the same size, so all models take the same number of steps.
+A federated recipe is emulated faithfully: each reference model is a FedAvg run whose subset is
+split across `num_clients` lanes that train `local_epochs` from the model's global weights each
+round and are then averaged (all clients every round; equal shares, so the plain mean).
+
+Trained models are cached under `.privlab-cache/` (or $PRIVLAB_CACHE_DIR) keyed by a SHA-256 of
+everything that defines them: the pool's bytes, the membership masks, the recipe, the model
+spec, the starting weights, the seed and the privlab version. A changed target or data set
+therefore never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
+
+from privlab import __version__
+from privlab.training import State, TrainSettings, seeded_generator
+
+CACHE_FORMAT = 1
+CACHE_ENV = "PRIVLAB_CACHE_DIR"
+DEFAULT_CACHE_DIR = ".privlab-cache"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+
+
+@dataclass(frozen=True)
+class ReferenceJob:
+    """Everything that defines a set of reference models (and hence their cache key)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    masks: np.ndarray
+    """(M, N) booleans: model i trains on the pool records where masks[i] is True."""
+    settings: TrainSettings
+    rounds: int
+    """Rounds of `settings.local_epochs` local epochs (a central recipe: num_clients = 1)."""
+    num_clients: int
+    server_lr: float
+    model_key: str
+    """JSON of the model spec with input shape and class count: the architecture."""
+    seed: int
+    init_state: State | None = None
+    """Common starting weights (e.g. the global model of a round); None: fresh inits."""
+
+    def key(self) -> str:
+        h = hashlib.sha256()
+        for arr in (self.x, self.y, self.masks):
+            a = np.ascontiguousarray(arr)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        meta = {
+            "settings": self.settings.__dict__,
+            "rounds": self.rounds,
+            "num_clients": self.num_clients,
+            "server_lr": self.server_lr,
+            "model": self.model_key,
+            "seed": self.seed,
+            "version": __version__,
+            "format": CACHE_FORMAT,
+        }
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        if self.init_state is not None:
+            for name in sorted(self.init_state):
+                t = self.init_state[name].detach().contiguous().cpu()
+                h.update(name.encode())
+                h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+
+def subset_masks(
+    pool_size: int, num_models: int, subset_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Membership masks, each row holding exactly `subset_size` records.
+
+    When the subset is half the pool (online LiRA), models come in complementary pairs, so each
+    record is in exactly half the models (as in Carlini et al.'s reference code) and every
+    record has both IN and OUT models. Otherwise each model draws its own random subset.
+    """
+    if not 0 < subset_size <= pool_size:
+        raise ValueError(f"subset size {subset_size} must lie in 1..{pool_size}")
+    masks = np.zeros((num_models, pool_size), dtype=bool)
+    half = pool_size // 2
+    i = 0
+    while i < num_models:
+        order = rng.permutation(pool_size)
+        masks[i, order[:subset_size]] = True
+        if subset_size == half and i + 1 < num_models:
+            masks[i + 1, order[half : 2 * half]] = True
+            i += 2
+        else:
+            i += 1
+    return masks
+
+
+class StackedModels:
+    """M models of one architecture with stacked parameters, evaluated by one vmapped call."""
+
+    def __init__(self, base: nn.Module, params: dict[str, torch.Tensor], buffers: dict) -> None:
+        self.base = base
+        self.params = params
+        self.buffers = buffers
+
+    @property
+    def num_models(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
+
+    def forward_each(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (M, B, ...) one batch per model -> logits (M, B, C)."""
+        return vmap(self._call)(self.params, self.buffers, x)
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray | torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+        """Every model on the same inputs -> logits (M, N, C), float64."""
+        self.base.eval()
+        xt = torch.as_tensor(x)
+        outs = []
+        shared = vmap(self._call, in_dims=(0, 0, None))
+        for s in range(0, len(xt), chunk):
+            outs.append(shared(self.params, self.buffers, xt[s : s + chunk]).double())
+        return torch.cat(outs, dim=1)
+
+
+def _init_models(
+    model_factory: Callable[[], nn.Module], num_models: int, seed: int, init: State | None
+) -> list[nn.Module]:
+    models = []
+    for i in range(num_models):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seeded_generator(seed, i, 31).initial_seed() % (2**31)))
+            model = model_factory()
+        if init is not None:
+            model.load_state_dict(init)
+        models.append(model)
+    return models
+
+
+def _lane_members(masks: np.ndarray, num_clients: int, gen: np.random.Generator) -> np.ndarray:
+    """(M * C, size // C) pool indices: each model's subset dealt out to its C client lanes."""
+    lanes = []
+    for row in masks:
+        idx = gen.permutation(np.flatnonzero(row))
+        share = len(idx) // num_clients
+        lanes += [idx[c * share : (c + 1) * share] for c in range(num_clients)]
+    return np.stack(lanes)
+
+
+def _train(job: ReferenceJob, model_factory: Callable[[], nn.Module]) -> StackedModels:
+    masks = np.asarray(job.masks, dtype=bool)
+    num_models, clients = masks.shape[0], job.num_clients
+    sizes = masks.sum(axis=1)
+    if len(set(sizes.tolist())) != 1:
+        raise ValueError("every reference model must train on the same number of records")
+    if sizes[0] < clients:
+        raise ValueError(f"{sizes[0]} records cannot be shared by {clients} clients")
+    models = _init_models(model_factory, num_models, job.seed, job.init_state)
+    lanes_models = [m for m in models for _ in range(clients)]
+    params, buffers = stack_module_state(lanes_models)
+    base = model_factory().to("meta")
+    stacked = StackedModels(base, params, buffers)
+    x, y = torch.as_tensor(job.x), torch.as_tensor(job.y)
+    members = torch.as_tensor(
+        _lane_members(masks, clients, np.random.default_rng([job.seed, 39]))
+    )
+    lanes, size = members.shape
+    bs = job.settings.batch_size
+    gen = seeded_generator(job.seed, 37)
+    base.train()
+    for _ in range(job.rounds):
+        start = {k: v.detach().clone() for k, v in params.items()}
+        opt = torch.optim.SGD(  # fresh optimiser state every round, as the local trainers do
+            list(params.values()),
+            lr=job.settings.lr,
+            momentum=job.settings.momentum,
+            weight_decay=job.settings.weight_decay,
+        )
+        for _ in range(job.settings.local_epochs):
+            order = torch.argsort(torch.rand(lanes, size, generator=gen), dim=1)
+            shuffled = torch.gather(members, 1, order)
+            for s in range(0, size, bs):
+                idx = shuffled[:, s : s + bs]
+                logits = stacked.forward_each(x[idx])
+                loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="sum")
+                opt.zero_grad(set_to_none=True)
+                (loss / idx.shape[1]).backward()
+                opt.step()
+        if clients > 1 or job.server_lr != 1.0:
+            with torch.no_grad():
+                for k, p in params.items():
+                    g = start[k].view(num_models, clients, *p.shape[1:])[:, :1]
+                    local = p.view(num_models, clients, *p.shape[1:])
+                    new = g + job.server_lr * (local.mean(dim=1, keepdim=True) - g)
+                    p.copy_(new.expand_as(local).reshape(p.shape))
+    keep = torch.arange(num_models) * clients
+    final = {k: p.detach()[keep].clone() for k, p in params.items()}
+    bufs = {k: b[keep].clone() for k, b in buffers.items()}
+    return StackedModels(base, final, bufs)
+
+
+def train_reference_models(
+    job: ReferenceJob,
+    model_factory: Callable[[], nn.Module],
+    *,
+    use_cache: bool = True,
+) -> tuple[StackedModels, bool]:
+    """Train (or load from the cache) the job's models; returns (models, loaded_from_cache)."""
+    path = cache_dir() / f"ref-{job.key()}.pt"
+    if use_cache and path.is_file():
+        saved: dict[str, Any] = torch.load(path, weights_only=True)
+        base = model_factory().to("meta")
+        return StackedModels(base, saved["params"], saved["buffers"]), True
+    stacked = _train(job, model_factory)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"params": stacked.params, "buffers": stacked.buffers}, tmp)
+        tmp.replace(path)
+    return stacked, False
+
+
+def model_key(spec_json: str, input_shape: tuple[int, ...], num_classes: int) -> str:
+    return json.dumps({"spec": spec_json, "shape": list(input_shape), "classes": num_classes})

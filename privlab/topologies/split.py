@@ -1,0 +1,262 @@
+"""Split learning (Gupta & Raskar 2018; Vepakomma et al. 2018, "Split learning for health").
+
+The model (an nn.Sequential) is cut after `cut_layer` modules. Each client trains the bottom
+part on its own records and sends the cut-layer activations to the server, which runs the top
+part and returns the gradient of the loss with respect to those activations.
+- `vanilla`: the client also sends the labels; the server computes the loss.
+- `u_shaped`: the last `head_layers` modules and the labels stay on the client; the server sends
+  its output activations to the client's head and receives their gradients back, so labels never
+  cross the wire (but those gradients can still leak them: Li et al. 2022).
+Clients train one after another each round, passing the bottom model (and head) on, either
+directly to the next client (`handoff = "peer"`) or relayed through the server
+(`handoff = "server"`, which lets the server see the bottom weights).
+Every message goes through `ctx.wire`; the referee-only log records which records each batch
+held (keyed by round, client and step) so label-leakage and inversion attacks can be graded.
+The released model is the composed model (bottom + top [+ head]).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.nn import functional as F
+
+from privlab.errors import ScenarioError
+from privlab.scenario import validate_params
+from privlab.topologies.base import Topology, TopologyContext, TrainingOutcome
+from privlab.training import LocalTrainer, State, seeded_generator
+from privlab.wire import SERVER, client
+
+BatchKey = tuple[int, int, int]
+"""(round, client id, step within that client's turn): how attacks and referee name a batch."""
+
+
+class SplitParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cut_layer: int = Field(default=3, ge=1)
+    """Number of leading modules of the model that run on the client (the bottom model)."""
+    mode: Literal["vanilla", "u_shaped"] = "vanilla"
+    head_layers: int = Field(default=1, ge=1)
+    """U-shaped only: trailing modules kept on the client with the labels."""
+    handoff: Literal["peer", "server"] = "peer"
+
+
+def split_params(ctx_or_scenario: Any) -> SplitParams:
+    spec = getattr(ctx_or_scenario, "topology", ctx_or_scenario)
+    return validate_params(SplitParams, spec.params, "topology.params")  # type: ignore[return-value]
+
+
+def cut_model(model: nn.Module, p: SplitParams) -> tuple[nn.Sequential, ...]:
+    """(bottom, server part, head) slices sharing the model's modules; head is empty if vanilla."""
+    if not isinstance(model, nn.Sequential):
+        raise ScenarioError(
+            f"topology.params.cut_layer: split learning needs a sequential model, "
+            f"got {type(model).__name__}"
+        )
+    n = len(model)
+    head = p.head_layers if p.mode == "u_shaped" else 0
+    if not 1 <= p.cut_layer <= n - head - 1:
+        raise ScenarioError(
+            f"topology.params.cut_layer: must be in 1..{n - head - 1} for this model "
+            f"({n} modules{', ' + str(head) + ' in the head' if head else ''}; "
+            f"got {p.cut_layer})"
+        )
+    return model[: p.cut_layer], model[p.cut_layer : n - head], model[n - head :]
+
+
+def _optimizer(params: Any, spec: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        list(params), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
+    )
+
+
+class SplitTopology(Topology):
+    """Split learning, vanilla or U-shaped, clients in turn passing the bottom model on."""
+
+    def __init__(self, ctx: TopologyContext) -> None:
+        super().__init__(ctx)
+        self.params = split_params(ctx.scenario)
+        d = ctx.defenses
+        if d.client_update or d.transport is not None or d.aggregation is not None:
+            wrong = (d.client_update or [d.transport or d.aggregation])[0]
+            raise ScenarioError(
+                f"{wrong.field}.name: '{wrong.spec.name}' ({wrong.placement}) does not apply to "
+                "split learning (allowed: local_training on the bottom model, split_boundary)"
+            )
+        from privlab.defenses.split_boundary import SplitBoundaryDefense
+
+        self.boundary = [x for x in d.other if isinstance(x, SplitBoundaryDefense)]
+        self.released = copy.deepcopy(ctx.model)
+        _, top, _ = cut_model(self.released, self.params)
+        self.top = top
+        self.top_opt = _optimizer(top.parameters(), self.spec)
+        self.malicious = [a for a in ctx.attacks if hasattr(a, "split_server_gradients")]
+        for a in ctx.attacks:
+            need = getattr(a, "needs_bottom_weights", False)
+            if need and (self.params.handoff != "server" or len(ctx.clients) < 2):
+                raise ScenarioError(
+                    f"{a.field}.name: '{a.spec.name}' needs the server to see the bottom model: "
+                    "set topology.params.handoff = 'server' and use 2 or more clients"
+                )
+        self.batches: dict[BatchKey, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ client parts
+
+    def _client_parts(self, k: int, idx: np.ndarray) -> tuple[LocalTrainer, nn.Sequential | None]:
+        bottom, _, head = cut_model(copy.deepcopy(self.ctx.model), self.params)
+        x = self.ctx.x_train[torch.as_tensor(idx)]
+        y = self.ctx.y_train[torch.as_tensor(idx)]
+        gen = seeded_generator(self.seed, k, 7)
+        defense = self.ctx.defenses.local_training
+        if defense is None:
+            trainer = LocalTrainer(bottom, x, y, self.settings, gen)
+        else:
+            planned = self.spec.rounds * self.spec.local_epochs
+            trainer = defense.make_trainer(bottom, x, y, self.settings, gen, planned_epochs=planned)
+        return trainer, (head if len(head) else None)
+
+    def run(self) -> TrainingOutcome:
+        ctx, spec, p = self.ctx, self.spec, self.params
+        parts = [self._client_parts(c.client_id, c.train_idx) for c in ctx.clients]
+        head_opts = [_optimizer(h.parameters(), spec) if h is not None else None for _, h in parts]
+        records = []
+        holder: int | None = None
+        for r in range(1, spec.rounds + 1):
+            for c in ctx.clients:
+                k = c.client_id
+                trainer, head = parts[k]
+                if holder is not None and holder != k:
+                    self._handoff(r, holder, k, parts)
+                holder = k
+                trainer.optimizer.state.clear()
+                batches = [b for _ in range(spec.local_epochs) for b in trainer._batches()]
+                for step, idx in enumerate(batches):
+                    self._step(r, k, step, trainer, head, head_opts[k], c.train_idx, idx)
+            assert holder is not None
+            self._compose(parts[holder])
+            records.append(self.record(r, self.released, participants=len(ctx.clients)))
+        privacy = self.worst_case_privacy(
+            {str(c.client_id): t.privacy() for c, (t, _) in zip(ctx.clients, parts, strict=True)}
+        )
+        notes = [
+            f"split learning ({p.mode}), cut after module {p.cut_layer}, "
+            f"bottom model handed on via {p.handoff}"
+        ]
+        return TrainingOutcome(
+            self.released, records, privacy, notes, truth={"split_batches": self.batches}
+        )
+
+    def _handoff(self, r: int, src: int, dst: int, parts: list) -> None:
+        """Pass the client-side weights from `src` to `dst` (through the server if relayed)."""
+        trainer, head = parts[src]
+        state: State = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        if head is not None:
+            state.update({k: v.detach().clone() for k, v in head.state_dict().items()})
+        if self.params.handoff == "server":
+            self.ctx.wire.send(r, client(src), SERVER, "bottom_model", state)
+            self.ctx.wire.send(r, SERVER, client(dst), "bottom_model", state)
+        else:
+            self.ctx.wire.send(r, client(src), client(dst), "bottom_model", state)
+        t2, h2 = parts[dst]
+        t2.model.load_state_dict({k: v for k, v in state.items() if k in t2.model.state_dict()})
+        if h2 is not None:
+            h2.load_state_dict({k: v for k, v in state.items() if k in h2.state_dict()})
+
+    def _compose(self, part: tuple[LocalTrainer, nn.Sequential | None]) -> None:
+        trainer, head = part
+        state = dict(self.released.state_dict())
+        state.update(trainer.model.state_dict())
+        if head is not None:
+            state.update(head.state_dict())
+        self.released.load_state_dict(state)
+
+    # ------------------------------------------------------------------ one batch
+
+    def _step(
+        self,
+        r: int,
+        k: int,
+        step: int,
+        trainer: LocalTrainer,
+        head: nn.Sequential | None,
+        head_opt: torch.optim.Optimizer | None,
+        train_idx: np.ndarray,
+        idx: torch.Tensor,
+    ) -> None:
+        wire = self.ctx.wire
+        forward = getattr(trainer, "grad_sample_module", trainer.model)
+        xb, yb = trainer.x[idx], trainer.y[idx]
+        trainer.optimizer.zero_grad(set_to_none=True)
+        act = forward(xb)
+        if len(yb) == 0:  # empty Poisson batch under DP-SGD: a pure-noise step, nothing sent
+            act.sum().backward()
+            trainer.optimizer.step()
+            return
+        self.batches[(r, k, step)] = train_idx[idx.numpy()]
+        gen = seeded_generator(self.seed, k, r, step, 31)
+        sent = act.detach()
+        for d in self.boundary:
+            sent = d.protect_activations(sent, generator=gen)
+        wire.send(r, client(k), SERVER, "activations", sent)
+        if self.malicious:
+            grad = self.malicious[0].split_server_gradients(r, k, sent)
+        elif head is None:
+            wire.send(r, client(k), SERVER, "labels", yb)
+            grad = self._server_vanilla(sent, yb, gen)
+        else:
+            assert head_opt is not None
+            grad = self._server_u_shaped(r, k, sent, yb, head, head_opt, gen)
+        wire.send(r, SERVER, client(k), "gradients", grad)
+        objective = (act * grad).sum()
+        for d in self.boundary:
+            penalty = d.client_penalty(xb, act)
+            if penalty is not None:
+                objective = objective + penalty
+        objective.backward()
+        trainer.optimizer.step()
+
+    def _server_vanilla(
+        self, sent: torch.Tensor, yb: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        a = sent.clone().requires_grad_(True)
+        loss = F.cross_entropy(self.top(a), yb)
+        self.top_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.top_opt.step()
+        grad = a.grad.detach()
+        for d in self.boundary:  # the label party (here the server) protects the labels
+            grad = d.protect_gradients(grad, generator=gen)
+        return grad
+
+    def _server_u_shaped(
+        self,
+        r: int,
+        k: int,
+        sent: torch.Tensor,
+        yb: torch.Tensor,
+        head: nn.Sequential,
+        head_opt: torch.optim.Optimizer,
+        gen: torch.Generator,
+    ) -> torch.Tensor:
+        wire = self.ctx.wire
+        a = sent.clone().requires_grad_(True)
+        h = self.top(a)
+        wire.send(r, SERVER, client(k), "activations", h.detach())
+        hh = h.detach().clone().requires_grad_(True)  # on the client: head and labels
+        loss = F.cross_entropy(head(hh), yb)
+        head_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        head_opt.step()
+        gh = hh.grad.detach()
+        for d in self.boundary:  # the label party (here the client) protects the labels
+            gh = d.protect_gradients(gh, generator=gen)
+        wire.send(r, client(k), SERVER, "gradients", gh)
+        self.top_opt.zero_grad(set_to_none=True)
+        h.backward(gh)
+        self.top_opt.step()
+        return a.grad.detach()
