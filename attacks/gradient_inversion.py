@@ -3,7 +3,9 @@
 Attacks (all honest-but-curious: they only read messages; adversary "server" or an
 "eavesdropper" on every link):
 - DLG, Zhu et al. 2019, "Deep Leakage from Gradients" (NeurIPS): optimise dummy inputs and
-  soft labels with L-BFGS so their gradient matches the observed one in L2.
+  soft labels with L-BFGS so their gradient matches the observed one in L2. As the paper
+  notes, it needs a twice-differentiable network (they use sigmoid); on ReLU MLPs it often
+  stalls, which is what iDLG's fixed label repairs.
 - iDLG, Zhao et al. 2020, "iDLG: Improved Deep Leakage from Gradients": the label of a single
   record is the one whose last-layer bias gradient is negative (softmax + cross-entropy give
   p - y); then DLG with that label fixed.
@@ -224,10 +226,12 @@ def _first_linear(target: Tensors) -> tuple[str, str | None]:
 def recover_labels(target: Tensors, n: int) -> np.ndarray:
     """iDLG: the classifier's bias gradient is mean(p - y), negative only where labels are.
 
-    For one record the label is its argmin (Zhao et al. 2020). For n records, labels are
-    assigned greedily: take the most negative class, add 1/n to it (one record accounted for),
-    repeat; this recovers every label whose share exceeds the mean predicted probability.
-    Without a bias, the row sums of the weight gradient (ReLU features are >= 0) are used.
+    For one record the label is its argmin (Zhao et al. 2020; their code takes the argmin of
+    the weight rows' sums, the same sign test, which needs non-negative features). For n
+    records, labels are assigned greedily: take the most negative class, add 1/n to it (one
+    record accounted for), repeat; this recovers every label whose share exceeds the mean
+    predicted probability. Without a bias, the row sums of the weight gradient are used (ReLU
+    features are >= 0).
     """
     wkey, bkey = _last_linear(target)
     g = target[bkey] if bkey is not None else target[wkey].sum(dim=1)
@@ -291,9 +295,7 @@ def dlg(
             return l2_distance(simulate(problem, x, y_fixed), problem.target)
 
     loss = _lbfgs(variables, objective, iterations)
-    out_labels = (
-        labels if labels is not None else variables[1].detach().argmax(dim=-1).numpy()
-    )
+    out_labels = labels if labels is not None else variables[1].detach().argmax(dim=-1).numpy()
     return x.detach().numpy(), np.asarray(out_labels), loss
 
 
@@ -406,7 +408,8 @@ class GradientInversion(Attack):
 
     def observe(self, msg: Message) -> None:
         if msg.kind == "global_model" and msg.round in self._global_rounds:
-            self._globals.setdefault(msg.round, {k: v.clone() for k, v in msg.payload.items()})
+            if msg.round not in self._globals:
+                self._globals[msg.round] = {k: v.clone() for k, v in msg.payload.items()}
         elif msg.kind == "update" and msg.round in self.params.rounds:
             k = int(msg.sender.removeprefix("client"))
             self._updates.setdefault(msg.round, {})[k] = msg.payload
@@ -422,12 +425,12 @@ class GradientInversion(Attack):
         """A client's update in the clear, or decrypted with a leaked secret key."""
         if isinstance(payload, dict):
             return payload, "client_update"
-        from privlab.defenses.secure_aggregation import EncryptedUpdate, decrypt_update
+        from privlab.defenses.secure_aggregation import EncryptedUpdate, decrypt_update, unframe
 
         if isinstance(payload, EncryptedUpdate) and self._secret is not None:
             import tenseal as ts
 
-            update, _ = decrypt_update(ts.context_from(self._secret), payload)
+            update, _ = decrypt_update(ts.context_from(unframe(self._secret)), payload)
             return update, "decrypted_update"
         return None
 

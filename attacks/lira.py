@@ -29,10 +29,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
-from scipy.special import logsumexp
-
 from privlab.attacks.base import (
     Attack,
     AttackResult,
@@ -41,6 +37,10 @@ from privlab.attacks.base import (
     PopulationData,
     ThreatModel,
 )
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+from scipy.special import logsumexp
+
 from privlab.errors import ScenarioError
 from privlab.reference_models import (
     ReferenceJob,
@@ -129,6 +129,7 @@ class TargetSpec:
     rounds: int
     num_clients: int = 1
     server_lr: float = 1.0
+    client_fraction: float = 1.0
     init_state: State | None = None
     train_size: int | None = None
     """Records the target trained on, if the adversary knows it (a FedAvg server does)."""
@@ -182,6 +183,7 @@ def fit_reference(
         rounds=target.rounds,
         num_clients=target.num_clients,
         server_lr=target.server_lr,
+        client_fraction=target.client_fraction,
         model_key=model_key(recipe.model.model_dump_json(), tuple(x0.shape[1:]), num_classes),
         seed=seed,
         init_state=target.init_state,
@@ -212,6 +214,7 @@ def global_target(view: FinalView, rounds: int | None) -> TargetSpec:
         rounds=rounds or recipe.topology.rounds,
         num_clients=recipe.partition.num_clients if federated else 1,
         server_lr=recipe.topology.server_lr if federated else 1.0,
+        client_fraction=recipe.topology.client_fraction if federated else 1.0,
     )
 
 
@@ -235,9 +238,7 @@ class ServerSideTarget:
     def _observe_client(self, msg: Message, k: int) -> None:
         if msg.kind == "global_model" and msg.receiver == client(k):
             if _is_plain_update(msg.payload):
-                self._globals[msg.round] = {
-                    n: t.detach().clone() for n, t in msg.payload.items()
-                }
+                self._globals[msg.round] = {n: t.detach().clone() for n, t in msg.payload.items()}
         elif msg.kind == "update" and msg.sender == client(k) and msg.receiver == SERVER:
             if _is_plain_update(msg.payload) and msg.round in self._globals:
                 update = {n: t.detach().clone() for n, t in msg.payload.items()}
@@ -320,9 +321,7 @@ class LiRAAttack(Attack):
             )
 
     def threat_model(self) -> ThreatModel:
-        return ThreatModel(
-            adversary="outsider", knowledge=("training recipe", "population data")
-        )
+        return ThreatModel(adversary="outsider", knowledge=("training recipe", "population data"))
 
     def _target(self, view: FinalView) -> TargetSpec | None:
         return global_target(view, self.params.rounds)

@@ -512,9 +512,7 @@ class MinMaxAttack(CollusionAttack):
     kind: ClassVar[Literal["min_max", "min_sum"]] = "min_max"
 
     def vector(self, reference: torch.Tensor, n: int, m: int) -> torch.Tensor:
-        return min_max_min_sum(
-            reference, self.kind, self.params.direction, self.params.gamma_init
-        )
+        return min_max_min_sum(reference, self.kind, self.params.direction, self.params.gamma_init)
 
 
 class MinSumAttack(MinMaxAttack):

@@ -20,8 +20,6 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
 from privlab.attacks.base import (
     AttackResult,
     FinalView,
@@ -36,6 +34,8 @@ from privlab.attacks.lira import (
     fit_reference,
     global_target,
 )
+from pydantic import BaseModel, ConfigDict, Field
+
 from privlab.errors import ScenarioError
 from privlab.wire import Message
 
@@ -71,7 +71,7 @@ def rmia_scores(
 
 class RMIAParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["online", "offline"] = "offline"
+    mode: Literal["online", "offline"] = "online"
     num_reference_models: int = Field(default=2, ge=1)
     gamma: float = Field(default=1.0, gt=0)
     offline_a: float = Field(default=0.3, ge=0, le=1)
@@ -129,7 +129,9 @@ class RMIAAttack(LiRAAttack):
         marginal = marginal_prob(ref_p, online=online, offline_a=self.params.offline_a)
         xs = np.concatenate([view.challenge.x, pop.x[z_idx]])
         target_p = true_label_prob(target.logprobs(xs), labels)
-        scores = rmia_scores(target_p[:n], marginal[:n], target_p[n:], marginal[n:], self.params.gamma)
+        scores = rmia_scores(
+            target_p[:n], marginal[:n], target_p[n:], marginal[n:], self.params.gamma
+        )
         return MembershipScores(scores=scores)
 
 

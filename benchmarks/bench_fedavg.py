@@ -82,10 +82,14 @@ def main() -> None:
             timings[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in timings.items()}
     s = scenario.topology
-    print(f"scenario {scenario.name}: {scenario.partition.num_clients} clients, {s.rounds} rounds, "
-          f"{s.local_epochs} local epochs, batch {s.batch_size}; median of {args.repeats}")
+    print(
+        f"scenario {scenario.name}: {scenario.partition.num_clients} clients, {s.rounds} rounds, "
+        f"{s.local_epochs} local epochs, batch {s.batch_size}; median of {args.repeats}"
+    )
     print(f"plain PyTorch FedAvg : {med['plain']:.3f} s  (final accuracy {accuracy['plain']:.3f})")
-    print(f"privlab FedAvg       : {med['privlab']:.3f} s  (final accuracy {accuracy['privlab']:.3f})")
+    print(
+        f"privlab FedAvg       : {med['privlab']:.3f} s  (final accuracy {accuracy['privlab']:.3f})"
+    )
     print(f"ratio privlab / plain: {med['privlab'] / med['plain']:.2f}x  (target <= 1.2x)")
 
 

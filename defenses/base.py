@@ -125,9 +125,6 @@ class AggregationDefense(Defense):
     """Replaces the server's weighted mean with another aggregation rule."""
 
     placement = Placement.AGGREGATION
-    inspects_updates: ClassVar[bool] = False
-    """True for rules that must read single updates (robust aggregators): they cannot run
-    behind a transport defense (secure aggregation), which hides single updates."""
     last_selected: list[int] | None = None
     """Positions (in the stack passed to `aggregate`) the rule kept in its last call; None
     for rules that keep everyone. The topology maps them to client ids for the referee."""

@@ -24,16 +24,20 @@ freezes the global model (the server releases nothing more, so nothing more is s
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
+from opacus.accountants import RDPAccountant
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from privlab.defenses.base import AggregationDefense
 from privlab.defenses.dp_sgd import epsilon_of
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from privlab.errors import ScenarioError
 from privlab.training import seeded_generator
 
@@ -82,11 +86,55 @@ def adaptive_update_noise(z: float, count_noise: float) -> float:
     return rest**-0.5
 
 
+@functools.lru_cache(maxsize=64)
+def _rdp_one_round(noise: float, sample_rate: float) -> tuple[float, ...]:
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    return tuple(compute_rdp(q=sample_rate, noise_multiplier=noise, steps=1, orders=orders))
+
+
+def accounted_epsilon(
+    noise: float, sample_rate: float, rounds: int, delta: float, accountant: str
+) -> float:
+    """Epsilon after `rounds` rounds, exactly as Opacus' accountant computes it for the history
+    [(noise, sample_rate, rounds)]. For RDP the one-round RDP curve is cached and scaled by the
+    round count (RDP composes additively; Opacus does the same multiplication), so a per-round
+    ledger costs one conversion per round instead of a fresh RDP computation."""
+    if rounds == 0:
+        return 0.0
+    if accountant != "rdp":
+        return epsilon_of(((noise, sample_rate, rounds),), delta, accountant)
+    rdp = np.asarray(_rdp_one_round(noise, sample_rate)) * rounds
+    eps, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+MAX_NOISE = 100.0
+"""Noise multipliers beyond this leave nothing of the updates; targets needing more are refused."""
+
+
+def rdp_floor(delta: float) -> float:
+    """Epsilon the RDP accountant reports as the noise grows without bound (its RDP -> 0):
+    the conversion term of Opacus' get_privacy_spent minimised over its default orders."""
+    orders = np.asarray(RDPAccountant.DEFAULT_ALPHAS, dtype=np.float64)
+    terms = np.log((orders - 1) / orders) - (math.log(delta) + np.log(orders)) / (orders - 1)
+    return float(np.nanmin(terms))
+
+
+def epsilon_floor(delta: float, accountant: str, sample_rate: float, rounds: int) -> float:
+    """A fast lower bound on reachable epsilon: RDP's analytic floor, else epsilon at
+    MAX_NOISE (so Opacus' noise search never wanders to huge noise for seconds)."""
+    floor = rdp_floor(delta) if accountant == "rdp" else 0.0
+    try:
+        at_max = accounted_epsilon(MAX_NOISE, sample_rate, rounds, delta, accountant)
+    except ValueError:
+        return floor
+    return max(floor, at_max)
+
+
 class DPFedAvg(AggregationDefense):
     """Client-level DP-FedAvg: server-side clipping and Gaussian noise, accounted per round."""
 
     Params = DPFedAvgParams
-    inspects_updates: ClassVar[bool] = True  # clipping needs each update in the clear
 
     def __init__(self, spec: Any, field: str) -> None:
         super().__init__(spec, field)
@@ -117,6 +165,14 @@ class DPFedAvg(AggregationDefense):
         self.generator = seeded_generator(scenario.seed, 53)
         rounds = scenario.topology.rounds
         if p.target_epsilon is not None:
+            floor = epsilon_floor(p.delta, p.accountant, self.sample_rate, rounds)
+            if p.target_epsilon <= floor:
+                raise ScenarioError(
+                    f"{self.field}.params.target_epsilon: {p.target_epsilon} cannot be reached "
+                    f"with delta={p.delta}, client sampling rate {self.sample_rate:.3g} and "
+                    f"{rounds} rounds (the {p.accountant} accountant reports at least "
+                    f"{floor:.3g} even with noise multiplier {MAX_NOISE:g}); raise it"
+                )
             try:
                 self.noise = get_noise_multiplier(
                     target_epsilon=p.target_epsilon,
@@ -150,9 +206,8 @@ class DPFedAvg(AggregationDefense):
     def _epsilon(self, history: list[tuple[float, float, int]]) -> float:
         if not history:
             return 0.0
-        steps = sum(n for _, _, n in history)
-        merged = ((float(history[0][0]), float(history[0][1]), int(steps)),)
-        return epsilon_of(merged, self.params.delta, self.params.accountant)
+        noise, rate, rounds = history[0]
+        return accounted_epsilon(noise, rate, rounds, self.params.delta, self.params.accountant)
 
     def _next_history(self) -> list[tuple[float, float, int]]:
         steps = sum(n for _, _, n in self.history) + 1
@@ -166,14 +221,18 @@ class DPFedAvg(AggregationDefense):
         zeros = {k: torch.zeros_like(v) for k, v in updates[0].items()}
         if self.stopped_at is not None:
             return zeros
-        upcoming = self._epsilon(self._next_history())
+        upcoming = self._epsilon(self._next_history()) if p.budget_epsilon is not None else 0.0
         if p.budget_epsilon is not None and upcoming > p.budget_epsilon:
             self.exceeded = True
             if p.on_budget == "stop":
                 self.stopped_at = self.round
-                log.warning("dp_fedavg: budget reached; global model frozen at round %d", self.round)
+                log.warning(
+                    "dp_fedavg: budget reached; global model frozen at round %d", self.round
+                )
                 return zeros
-            log.warning("dp_fedavg: epsilon %.3g exceeds the budget %.3g", upcoming, p.budget_epsilon)
+            log.warning(
+                "dp_fedavg: epsilon %.3g exceeds the budget %.3g", upcoming, p.budget_epsilon
+            )
         self.history = self._next_history()
         adaptive = p.clipping == "adaptive"
         z = adaptive_update_noise(self.noise, self.count_noise) if adaptive else self.noise

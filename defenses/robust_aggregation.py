@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from privlab.defenses.base import AggregationDefense, ClientUpdateDefense
 from pydantic import BaseModel, ConfigDict, Field
@@ -87,21 +88,28 @@ def mean(stack: torch.Tensor, weights: torch.Tensor | None = None) -> Robust:
 
 
 def squared_distances(stack: torch.Tensor) -> torch.Tensor:
-    """(n, n) squared Euclidean distances, computed pairwise exactly (no Gram-matrix
+    """(n, n) squared Euclidean distances, computed pairwise directly (no Gram-matrix
     cancellation), so near-identical updates get distances near zero."""
-    diff = stack[:, None, :] - stack[None, :, :]
-    return (diff * diff).sum(dim=-1)
+    d = torch.cdist(stack, stack, compute_mode="donot_use_mm_for_euclid_dist")
+    return d * d
 
 
-def krum_scores(stack: torch.Tensor, f: int) -> torch.Tensor:
+def krum_scores(stack: torch.Tensor, f: int, dist: torch.Tensor | None = None) -> torch.Tensor:
     """Each update's sum of squared distances to its n - f - 2 nearest other updates."""
     n = stack.shape[0]
     if n == 1:
         return torch.zeros(1, dtype=stack.dtype)
-    d = squared_distances(stack)
+    d = (squared_distances(stack) if dist is None else dist).clone()
     d.fill_diagonal_(math.inf)
     k = min(n - 1, max(1, n - f - 2))
     return torch.topk(d, k, dim=1, largest=False).values.sum(dim=1)
+
+
+def rank(scores: torch.Tensor, stack: torch.Tensor) -> list[int]:
+    """Rows by increasing score; exact ties (mutual nearest neighbours score alike) broken by
+    the rows' content, not their position, so the choice does not depend on client order."""
+    keys = (stack[:, 0].numpy(), stack.sum(dim=1).numpy(), scores.numpy())
+    return np.lexsort(keys).tolist()
 
 
 def multi_krum(stack: torch.Tensor, f: int, m: int | None = None) -> Robust:
@@ -109,7 +117,7 @@ def multi_krum(stack: torch.Tensor, f: int, m: int | None = None) -> Robust:
     n = stack.shape[0]
     m = max(1, min(n, n - f if m is None else m))
     scores = krum_scores(stack, f)
-    chosen = sorted(torch.argsort(scores, stable=True)[:m].tolist())
+    chosen = sorted(rank(scores, stack)[:m])
     return Robust(stack[chosen].mean(dim=0), chosen)
 
 
@@ -117,9 +125,14 @@ def krum(stack: torch.Tensor, f: int) -> Robust:
     return multi_krum(stack, f, 1)
 
 
+def sort_columns(stack: torch.Tensor) -> torch.Tensor:
+    """Each coordinate's values in increasing order (sorted along contiguous rows: faster)."""
+    return torch.sort(stack.T.contiguous(), dim=1).values.T
+
+
 def coordinate_median(stack: torch.Tensor) -> Robust:
     """Per coordinate, the median (the mean of the two middle values when n is even)."""
-    s = torch.sort(stack, dim=0).values
+    s = sort_columns(stack)
     n = s.shape[0]
     if n % 2:
         return Robust(s[n // 2])
@@ -130,7 +143,7 @@ def trimmed_mean(stack: torch.Tensor, k: int) -> Robust:
     """Per coordinate, the mean after dropping the k largest and k smallest values."""
     n = stack.shape[0]
     k = max(0, min(k, (n - 1) // 2))
-    s = torch.sort(stack, dim=0).values
+    s = sort_columns(stack)
     return Robust(s[k : n - k].mean(dim=0))
 
 
@@ -141,17 +154,25 @@ def bulyan(stack: torch.Tensor, f: int) -> Robust:
     theta = max(1, n - 2 * f)
     remaining = list(range(n))
     chosen: list[int] = []
+    dist = squared_distances(stack)
     while len(chosen) < theta:
-        scores = krum_scores(stack[remaining], f)
-        best = remaining[int(torch.argsort(scores, stable=True)[0])]
+        sub = dist[remaining][:, remaining]
+        scores = krum_scores(stack[remaining], f, sub)
+        best = remaining[rank(scores, stack[remaining])[0]]
         chosen.append(best)
         remaining.remove(best)
     chosen.sort()
-    sel = stack[chosen]
+    s = sort_columns(stack[chosen])
     beta = max(1, theta - 2 * f)
-    med = coordinate_median(sel).vector
-    closest = torch.argsort((sel - med).abs(), dim=0, stable=True)[:beta]
-    return Robust(torch.gather(sel, 0, closest).mean(dim=0), chosen)
+    med = coordinate_median(s).vector
+    # The beta values closest to the median are a window of the sorted values: the window
+    # with the smallest largest distance (the lowest such window on ties).
+    starts = theta - beta + 1
+    cost = torch.maximum(med - s[:starts], s[beta - 1 : beta - 1 + starts] - med)
+    first = torch.argmin(cost, dim=0)
+    csum = torch.cat([torch.zeros(1, s.shape[1], dtype=s.dtype), torch.cumsum(s, dim=0)])
+    total = csum.gather(0, (first + beta)[None, :]) - csum.gather(0, first[None, :])
+    return Robust(total[0] / beta, chosen)
 
 
 def geometric_median(
@@ -264,8 +285,6 @@ def per_round_clients(scenario: Scenario) -> int:
 class RobustAggregation(AggregationDefense):
     """Base wrapper: flatten, apply `rule`, unflatten, remember which clients were kept."""
 
-    inspects_updates: ClassVar[bool] = True
-
     def __init__(self, spec: Any, field: str) -> None:
         super().__init__(spec, field)
         self.last_selected: list[int] | None = None
@@ -358,8 +377,8 @@ class CenteredClipping(RobustAggregation):
         self.center: torch.Tensor | None = None
 
     def rule(self, stack: torch.Tensor, weights: torch.Tensor) -> Robust:
-        center = torch.zeros(stack.shape[1], dtype=stack.dtype) if self.center is None else (
-            self.center
+        center = (
+            torch.zeros(stack.shape[1], dtype=stack.dtype) if self.center is None else (self.center)
         )
         tau = self.params.tau or median_norm(stack - center)
         out = centered_clipping(stack, center, tau, self.params.iters)

@@ -121,6 +121,11 @@ def frame(data: bytes, size: int) -> bytes:
     return body + b"\0" * max(0, size - len(body))
 
 
+def context_frame(data: bytes) -> bytes:
+    """Serialized contexts vary by a few hundred bytes (compression): 64 KiB frames."""
+    return frame(data, math.ceil((len(data) + 4 + 8192) / 65536) * 65536)
+
+
 def unframe(data: bytes) -> bytes:
     (n,) = struct.unpack("<I", data[:4])
     return data[4 : 4 + n]
@@ -246,7 +251,7 @@ class SecureAggregation(TransportDefense):
             )
         self._num_clients = num_clients
         public = self.key_holder.public_bytes()
-        self._public_bytes = len(public)
+        self._public_bytes = len(context_frame(public))
         self.server = Aggregator(public)
         size = sum(v.numel() for v in template.values()) + 1
         self._n_ciphertexts = math.ceil(size / self.slots)
@@ -259,17 +264,11 @@ class SecureAggregation(TransportDefense):
         client's secret key to the server."""
         sender = KEY_AUTHORITY if self.params.key_holder == "authority" else client(0)
         out: list[tuple[str, str, str, Any]] = [
-            (sender, SERVER, "public_context", self.key_holder.public_bytes())
+            (sender, SERVER, "public_context", context_frame(self.key_holder.public_bytes()))
         ]
         if self.params.colluding_client is not None:
-            out.append(
-                (
-                    client(self.params.colluding_client),
-                    SERVER,
-                    "secret_context",
-                    self.key_holder.secret_bytes(),
-                )
-            )
+            leaked = context_frame(self.key_holder.secret_bytes())
+            out.append((client(self.params.colluding_client), SERVER, "secret_context", leaked))
         return out
 
     def protect(

@@ -19,9 +19,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-
 from privlab.defenses.base import Defense, Placement
+from pydantic import BaseModel, ConfigDict, Field
 
 
 def _pairwise(x: torch.Tensor) -> torch.Tensor:

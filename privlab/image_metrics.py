@@ -179,6 +179,9 @@ def grade_reconstructions(
         idx = np.concatenate([client_records[k] for k in a.clients])
         g = grade_attempt(a.images, a.labels, x_train[idx], y_train[idx], (lo, hi))
         g.update(round=a.round, clients=[int(k) for k in a.clients], source=a.source)
+        for key in ("psnr", "psnr_max", "ssim", "mse", "label_accuracy"):
+            if isinstance(g.get(key), float):
+                g[key] = round(g[key], 6)
         graded.append(g)
     metrics: dict[str, float | int] = {"n_attempts": len(graded)}
     if graded:
@@ -192,9 +195,8 @@ def grade_reconstructions(
         metrics["records_per_attempt"] = float(np.mean([g["n_records"] for g in graded]))
     artifacts = {
         "attempts": [
-            {k: v for k, v in g.items() if k != "display"} | (
-                {"display": g["display"]} if i < max_shown else {}
-            )
+            {k: v for k, v in g.items() if k != "display"}
+            | ({"display": g["display"]} if i < max_shown else {})
             for i, g in enumerate(graded)
         ]
     }

@@ -167,14 +167,28 @@ class Ledger:
         """An entry signed by `who`, chained to the current head."""
         frozen = {k: v.detach().clone() for k, v in weights.items()}
         draft = Entry(
-            len(self.storage), self.head_hash, round_, who.name, kind,
-            weights_digest(frozen), dict(meta or {}), frozen,
-        )  # fmt: skip
+            len(self.storage),
+            self.head_hash,
+            round_,
+            who.name,
+            kind,
+            weights_digest(frozen),
+            dict(meta or {}),
+            frozen,
+        )
         digest = draft.compute_hash()
         return Entry(
-            draft.index, draft.prev_hash, round_, who.name, kind, draft.digest, draft.meta,
-            frozen, digest, who.sign(digest.encode()),
-        )  # fmt: skip
+            draft.index,
+            draft.prev_hash,
+            round_,
+            who.name,
+            kind,
+            draft.digest,
+            draft.meta,
+            frozen,
+            digest,
+            who.sign(digest.encode()),
+        )
 
     def append(self, entry: Entry) -> Entry:
         """Check author enrolment, signature, chain and digest; refuse with LedgerError."""

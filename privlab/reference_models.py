@@ -61,6 +61,7 @@ class ReferenceJob:
     model_key: str
     """JSON of the model spec with input shape and class count: the architecture."""
     seed: int
+    client_fraction: float = 1.0
     init_state: State | None = None
     """Common starting weights (e.g. the global model of a round); None: fresh inits."""
 
@@ -75,6 +76,7 @@ class ReferenceJob:
             "rounds": self.rounds,
             "num_clients": self.num_clients,
             "server_lr": self.server_lr,
+            "client_fraction": self.client_fraction,
             "model": self.model_key,
             "seed": self.seed,
             "version": __version__,
@@ -183,12 +185,12 @@ def _train(job: ReferenceJob, model_factory: Callable[[], nn.Module]) -> Stacked
     base = model_factory().to("meta")
     stacked = StackedModels(base, params, buffers)
     x, y = torch.as_tensor(job.x), torch.as_tensor(job.y)
-    members = torch.as_tensor(
-        _lane_members(masks, clients, np.random.default_rng([job.seed, 39]))
-    )
+    members = torch.as_tensor(_lane_members(masks, clients, np.random.default_rng([job.seed, 39])))
     lanes, size = members.shape
     bs = job.settings.batch_size
     gen = seeded_generator(job.seed, 37)
+    sampler = np.random.default_rng([job.seed, 47])
+    per_round = max(1, round(job.client_fraction * clients))
     base.train()
     for _ in range(job.rounds):
         start = {k: v.detach().clone() for k, v in params.items()}
@@ -209,11 +211,16 @@ def _train(job: ReferenceJob, model_factory: Callable[[], nn.Module]) -> Stacked
                 (loss / idx.shape[1]).backward()
                 opt.step()
         if clients > 1 or job.server_lr != 1.0:
+            keep = np.zeros((num_models, clients))
+            for i in range(num_models):
+                keep[i, sampler.choice(clients, size=per_round, replace=False)] = 1.0 / per_round
+            weight = torch.as_tensor(keep, dtype=torch.float32)
             with torch.no_grad():
                 for k, p in params.items():
                     g = start[k].view(num_models, clients, *p.shape[1:])[:, :1]
                     local = p.view(num_models, clients, *p.shape[1:])
-                    new = g + job.server_lr * (local.mean(dim=1, keepdim=True) - g)
+                    w = weight.view(num_models, clients, *([1] * (p.dim() - 1)))
+                    new = g + job.server_lr * ((w * local).sum(dim=1, keepdim=True) - g)
                     p.copy_(new.expand_as(local).reshape(p.shape))
     keep = torch.arange(num_models) * clients
     final = {k: p.detach()[keep].clone() for k, p in params.items()}

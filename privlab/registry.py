@@ -138,6 +138,11 @@ topologies.register(
     "privlab.topologies.split:SplitTopology",
     "split learning: bottom model on clients up to a cut layer, top on a server; vanilla/U-shaped",
 )
+topologies.register(
+    "swarm",
+    "privlab.topologies.swarm:SwarmTopology",
+    "swarm learning: peers commit weights to a signed, permissioned ledger; a leader merges",
+)
 
 attacks.register(
     "loss_threshold",
@@ -163,6 +168,11 @@ attacks.register(
     "rmia_server",
     "privlab.attacks.rmia:RMIAServerAttack",
     "RMIA by an honest-but-curious server on one client's update: was x in client k's data?",
+)
+attacks.register(
+    "dp_audit",
+    "privlab.audit:CanaryAudit",
+    "empirical DP audit: canaries in one client, Clopper-Pearson lower bound on epsilon",
 )
 attacks.register(
     "label_flip",
@@ -217,12 +227,22 @@ attacks.register(
 attacks.register(
     "label_leakage",
     "privlab.attacks.split_learning:LabelLeakageAttack",
-    "split: labels from cut-layer gradients, norm or cosine attack (Li et al. 2022); cut-layer party",
+    "split: labels from cut-layer gradients, norm or cosine (Li et al. 2022); cut-layer party",
 )
 attacks.register(
     "activation_inversion",
     "privlab.attacks.split_learning:ActivationInversionAttack",
     "split: server trains an inverse model on auxiliary data to rebuild inputs (He et al. 2019)",
+)
+attacks.register(
+    "unsplit",
+    "privlab.attacks.split_learning:UnSplitAttack",
+    "split: server inverts activations without bottom weights, UnSplit (Erdogan et al. 2022)",
+)
+attacks.register(
+    "feature_space_hijacking",
+    "privlab.attacks.split_learning:FeatureSpaceHijackingAttack",
+    "split: malicious server hijacks the client's feature space, FSHA (Pasquini et al. 2021)",
 )
 attacks.register(
     "dlg",
@@ -243,6 +263,26 @@ attacks.register(
     "analytic_fc",
     "privlab.attacks.gradient_inversion:AnalyticFCAttack",
     "analytic input recovery of the first fully connected layer at batch 1; server",
+)
+attacks.register(
+    "peer_membership",
+    "privlab.attacks.swarm:PeerMembershipAttack",
+    "swarm: a curious peer runs loss-threshold MIA on another peer's committed weights",
+)
+attacks.register(
+    "rogue_peer",
+    "privlab.attacks.swarm:RoguePeerAttack",
+    "swarm: an enrolled peer poisons (flipped labels, boosted commits)",
+)
+attacks.register(
+    "unenrolled_commit",
+    "privlab.attacks.swarm:UnenrolledCommitAttack",
+    "swarm: a node without enrolment tries to commit to the ledger (must be refused)",
+)
+attacks.register(
+    "ledger_tamper",
+    "privlab.attacks.swarm:LedgerTamperAttack",
+    "swarm: an entry on the ledger is altered after the fact (verification must name it)",
 )
 
 defenses.register(

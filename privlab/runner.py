@@ -164,6 +164,11 @@ class ScenarioRun:
             _check_target_parties(attacks, len(clients))
             for component in [*defenses.all(), *attacks]:
                 component.check_setting(vs, dataset.input_shape, dataset.num_classes)
+            topology_check = getattr(
+                registry.topologies.get(vs.topology.name, "topology.name"), "check_setting", None
+            )
+            if topology_check is not None:  # topology params fail before any variant trains
+                topology_check(vs, dataset.input_shape, dataset.num_classes, len(clients))
             self.variants.append((variant, vs, defenses, attacks, dataset, clients))
 
     def _dataset(self, s: Scenario) -> Dataset:
@@ -225,7 +230,15 @@ class ScenarioRun:
             cb = self.progress
             progress = lambda r, total, acc: cb(variant.name, r, total, acc)  # noqa: E731
         ctx = TopologyContext(
-            vs, dataset, clients, model, defenses, wire, attacks, progress=progress, **tensors,
+            vs,
+            dataset,
+            clients,
+            model,
+            defenses,
+            wire,
+            attacks,
+            progress=progress,
+            **tensors,
             **server,
         )
         topology = registry.topologies.get(vs.topology.name, "topology.name")(ctx)
@@ -255,9 +268,7 @@ class ScenarioRun:
             )
             output = attack.finalize(view)
             if isinstance(output, RefereeGraded):
-                output = output.grade(
-                    RefereeTruth(outcome.truth, dataset.x_train, dataset.y_train)
-                )
+                output = output.grade(RefereeTruth(outcome.truth, dataset.x_train, dataset.y_train))
             attack_results[attack.id] = grade(attack, output, referee)
             attack_results[attack.id]["metrics"].update(
                 probe_metrics(attack, view.query, tensors["x_test"], tensors["y_test"])

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
+
+# Small models train fastest on one thread (as `privlab run` does by default); two threads on a
+# loaded 2-core machine oversubscribe and slow every test down.
+torch.set_num_threads(1)
 
 # A tiny federated run: digits, 4 clients, 3 rounds.
 TINY = [
@@ -10,7 +15,8 @@ TINY = [
     "topology.rounds=3",
     "topology.local_epochs=1",
     "model.params={hidden=[32]}",
-    'variants=[{name="plain"}, {name="dp", defenses=[{name="dp_sgd", params={noise_multiplier=1.0}}]}]',
+    'variants=[{name="plain"}, '
+    '{name="dp", defenses=[{name="dp_sgd", params={noise_multiplier=1.0}}]}]',
     "expectations=[]",
 ]
 

@@ -69,7 +69,9 @@ def test_same_scenario_and_seed_give_identical_results(
     tmp_path: Path, tiny_overrides: list[str]
 ) -> None:
     for name in ("a", "b"):
-        assert invoke("run", *overrides(tiny_overrides), "--out", str(tmp_path / name)).exit_code == 0
+        assert (
+            invoke("run", *overrides(tiny_overrides), "--out", str(tmp_path / name)).exit_code == 0
+        )
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert strip_timing(a) == strip_timing(b)
@@ -115,8 +117,18 @@ def test_check_against_baseline(tmp_path: Path, tiny_overrides: list[str]) -> No
 def test_list_names_every_component() -> None:
     result = invoke("list")
     assert result.exit_code == 0
-    for name in ("digits", "breast_cancer", "mnist1d", "mlp", "cnn", "federated", "central",
-                 "loss_threshold", "dp_sgd", "default"):
+    for name in (
+        "digits",
+        "breast_cancer",
+        "mnist1d",
+        "mlp",
+        "cnn",
+        "federated",
+        "central",
+        "loss_threshold",
+        "dp_sgd",
+        "default",
+    ):
         assert name in result.output
 
 
@@ -129,8 +141,9 @@ def test_show_prints_resolved_scenario_with_overrides() -> None:
 
 def test_sweep_makes_one_variant_per_value(tmp_path: Path, tiny_overrides: list[str]) -> None:
     items = [o for o in tiny_overrides if not o.startswith("variants")] + ["variants=[]"]
-    result = invoke("sweep", *overrides(items), "--param", "topology.lr=0.05,0.2",
-                    "--out", str(tmp_path / "s"))
+    result = invoke(
+        "sweep", *overrides(items), "--param", "topology.lr=0.05,0.2", "--out", str(tmp_path / "s")
+    )
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "s" / "results.json").read_text())
     assert set(data["variants"]) == {"lr=0.05", "lr=0.2"}
@@ -148,8 +161,10 @@ BAD_INPUTS = [
     (["--set", "topology.rounds=abc"], ("topology.rounds", "integer")),
     (["--set", "topology.lr=fast"], ("topology.lr", "number")),
     (["--set", "topology.rouns=3"], ("topology.rouns", "did you mean 'rounds'")),
-    (["--set", 'data.name="file"', "--set", 'data.params={path="missing.npz"}'],
-     ("data.params.path", "does not exist")),
+    (
+        ["--set", 'data.name="file"', "--set", 'data.params={path="missing.npz"}'],
+        ("data.params.path", "does not exist"),
+    ),
     (["--set", "nonsense"], ("--set", "KEY=VALUE")),
     (["no-such-scenario"], ("scenario", "no bundled scenario")),
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
-
 from privlab.defenses.dp_sgd import DPSGD, DPSGDTrainer, epsilon_of
+
 from privlab.errors import ScenarioError
 from privlab.runner import ScenarioRun
 from privlab.scenario import ComponentSpec, load_scenario
@@ -50,8 +50,12 @@ def test_gdp_is_labelled_approximate() -> None:
     defense = DPSGD(spec, "defenses.0")
     model = torch.nn.Sequential(torch.nn.Linear(4, 2))
     trainer = defense.make_trainer(
-        model, torch.randn(10, 4), torch.randint(0, 2, (10,)),
-        TrainSettings(batch_size=5, lr=0.1, local_epochs=1), seeded_generator(1), planned_epochs=1,
+        model,
+        torch.randn(10, 4),
+        torch.randint(0, 2, (10,)),
+        TrainSettings(batch_size=5, lr=0.1, local_epochs=1),
+        seeded_generator(1),
+        planned_epochs=1,
     )
     trainer.train(trainer.state())
     assert trainer.privacy()["approximate"] is True

@@ -78,7 +78,9 @@ class DefenseStack:
             else:
                 stack.other.append(d)
         agg, transport = stack.aggregation, stack.transport
-        if agg is not None and transport is not None and agg.inspects_updates:
+        if agg is not None and transport is not None:
+            # The server only ever holds the transport's combined aggregate, so no server-side
+            # rule can run on single updates: refuse rather than silently skip it.
             raise ScenarioError(
                 f"{agg.field}.name: '{agg.spec.name}' must inspect each client's update, but "
                 f"'{transport.spec.name}' hides single updates from the server; use one of "

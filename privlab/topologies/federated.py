@@ -65,6 +65,7 @@ class FederatedTopology(Topology):
                 ctx.wire.send(0, sender, receiver, kind, payload)
         late_dropout(spec.params)  # validate before any training
         self._late_rng = np.random.default_rng([self.seed, 17])
+        self._late_dropped = 0
         self._selections: list[dict] = []
         aggregation = ctx.defenses.aggregation
         if aggregation is not None and ctx.server_x is not None and ctx.server_y is not None:
@@ -108,6 +109,11 @@ class FederatedTopology(Topology):
             notes.append(f"{dropped} client-rounds dropped out (p={spec.dropout})")
         if self.owner:
             notes.append(f"malicious clients: {sorted(self.owner)}")
+        if self._late_dropped:
+            notes.append(
+                f"{self._late_dropped} client updates lost after being computed "
+                f"(late_dropout={late_dropout(spec.params)}); left out of the aggregate"
+            )
         return TrainingOutcome(
             server_model,
             records,
@@ -168,6 +174,7 @@ class FederatedTopology(Topology):
                 payload = transport.protect(k, updates[k], weights[k])
                 if late and self._late_rng.random() < late:
                     transport.discard(k)  # encrypted, then dropped out before sending
+                    self._late_dropped += 1
                     continue
                 ctx.wire.send(r, client(k), SERVER, "update", payload)
                 payloads.append(payload)
@@ -175,7 +182,9 @@ class FederatedTopology(Topology):
                 return {key: torch.zeros_like(v) for key, v in updates[ids[0]].items()}
             return transport.reveal(transport.combine(payloads))
         if late:
-            ids = [k for k in ids if self._late_rng.random() >= late]
+            kept = [k for k in ids if self._late_rng.random() >= late]
+            self._late_dropped += len(ids) - len(kept)
+            ids = kept
             if not ids:
                 return {key: torch.zeros_like(v) for key, v in next(iter(updates.values())).items()}
         for k in ids:

@@ -66,7 +66,14 @@ def cut_model(model: nn.Module, p: SplitParams) -> tuple[nn.Sequential, ...]:
             f"({n} modules{', ' + str(head) + ' in the head' if head else ''}; "
             f"got {p.cut_layer})"
         )
-    return model[: p.cut_layer], model[p.cut_layer : n - head], model[n - head :]
+    top = model[p.cut_layer : n - head]
+    if not any(True for _ in top.parameters()):
+        raise ScenarioError(
+            f"topology.params.cut_layer: the server part (modules {p.cut_layer}..{n - head - 1}: "
+            f"{', '.join(type(m).__name__ for m in top)}) has no parameters; cut earlier or "
+            "use a deeper model"
+        )
+    return model[: p.cut_layer], top, model[n - head :]
 
 
 def _optimizer(params: Any, spec: Any) -> torch.optim.Optimizer:
@@ -77,6 +84,15 @@ def _optimizer(params: Any, spec: Any) -> torch.optim.Optimizer:
 
 class SplitTopology(Topology):
     """Split learning, vanilla or U-shaped, clients in turn passing the bottom model on."""
+
+    @staticmethod
+    def check_setting(
+        scenario: Any, input_shape: tuple[int, ...], num_classes: int, num_clients: int
+    ) -> None:
+        """Validate topology.params and the cut against the model before any training."""
+        from privlab.models import build_model
+
+        cut_model(build_model(scenario.model, input_shape, num_classes), split_params(scenario))
 
     def __init__(self, ctx: TopologyContext) -> None:
         super().__init__(ctx)
@@ -96,12 +112,14 @@ class SplitTopology(Topology):
         self.top = top
         self.top_opt = _optimizer(top.parameters(), self.spec)
         self.malicious = [a for a in ctx.attacks if hasattr(a, "split_server_gradients")]
+        for a in self.malicious:  # an active server gets its own copy of the bottom architecture
+            pilot, _, _ = cut_model(copy.deepcopy(ctx.model), self.params)
+            a.split_server_setup(pilot, torch.as_tensor(ctx.dataset.x_test), self.seed)
         for a in ctx.attacks:
-            need = getattr(a, "needs_bottom_weights", False)
-            if need and (self.params.handoff != "server" or len(ctx.clients) < 2):
+            if a.controlled_clients(len(ctx.clients)):
                 raise ScenarioError(
-                    f"{a.field}.name: '{a.spec.name}' needs the server to see the bottom model: "
-                    "set topology.params.handoff = 'server' and use 2 or more clients"
+                    f"{a.field}.name: '{a.spec.name}' controls clients through their model "
+                    "updates, which split learning does not exchange"
                 )
         self.batches: dict[BatchKey, np.ndarray] = {}
 

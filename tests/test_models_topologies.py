@@ -1,0 +1,89 @@
+"""Models build for every input kind; topologies honour their settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus.validators import ModuleValidator
+
+from privlab.errors import ScenarioError
+from privlab.models import build_model
+from privlab.runner import ScenarioRun
+from privlab.scenario import ModelSpec, load_scenario
+from privlab.topologies.federated import weighted_mean
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 40)])
+def test_models_build_run_and_are_opacus_compatible(name: str, shape: tuple[int, ...]) -> None:
+    model = build_model(ModelSpec(name=name), shape, 10)
+    assert model(torch.randn(5, *shape)).shape == (5, 10)
+    assert ModuleValidator.validate(model, strict=False) == []
+
+
+def test_cnn_refuses_tabular_input() -> None:
+    with pytest.raises(ScenarioError, match=r"model\.name: 'cnn' needs image"):
+        build_model(ModelSpec(name="cnn"), (30,), 2)
+
+
+def test_bad_model_params_name_the_field() -> None:
+    with pytest.raises(ScenarioError, match=r"model\.params\.hidden"):
+        build_model(ModelSpec(name="mlp", params={"hidden": "wide"}), (4,), 2)
+
+
+def test_weighted_mean_is_fedavg() -> None:
+    a = {"w": torch.tensor([1.0, 2.0])}
+    b = {"w": torch.tensor([3.0, 6.0])}
+    out = weighted_mean([a, b], [1.0, 3.0])
+    assert torch.allclose(out["w"], torch.tensor([2.5, 5.0]))
+
+
+def run(overrides: list[str]) -> dict:
+    scenario = load_scenario(None, [*overrides, "expectations=[]", 'variants=[{name="v"}]'])
+    return ScenarioRun(scenario).run()["variants"]["v"]
+
+
+def test_central_baseline_learns_and_uploads_raw_data() -> None:
+    v = run(['topology.name="central"', "topology.rounds=5", "partition.num_clients=4"])
+    assert v["utility"]["final_accuracy"] > 0.85
+    assert v["cost"]["bytes_per_round"][0] > 0 and sum(v["cost"]["bytes_per_round"][1:]) == 0
+    assert [r["participants"] for r in v["utility"]["per_round"]] == [1] * 5
+
+
+def test_client_fraction_and_dropout_reduce_participants() -> None:
+    v = run(
+        [
+            "topology.rounds=6",
+            "topology.client_fraction=0.5",
+            "topology.dropout=0.5",
+            "partition.num_clients=8",
+        ]
+    )
+    participants = [r["participants"] for r in v["utility"]["per_round"]]
+    assert all(p <= 4 for p in participants) and sum(participants) < 24
+    assert any("dropped out" in n for n in v["notes"])
+
+
+def test_fedprox_pulls_clients_towards_the_global_model() -> None:
+    common = [
+        "topology.rounds=2",
+        "topology.local_epochs=3",
+        "partition.num_clients=4",
+        'partition.scheme="shards"',
+    ]
+    plain = run(common)
+    prox = run([*common, "topology.fedprox_mu=5.0"])
+    assert plain["utility"]["per_round"] != prox["utility"]["per_round"]
+
+
+def test_cnn_federated_with_dp_runs_end_to_end() -> None:
+    v = run(
+        [
+            'model.name="cnn"',
+            "model.params={channels=[8]}",
+            "topology.rounds=2",
+            "partition.num_clients=3",
+            'defenses=[{name="dp_sgd", params={noise_multiplier=1.0, accountant="rdp"}}]',
+        ]
+    )
+    assert v["privacy"]["epsilon"] > 0 and set(v["privacy"]["per_client"]) == {"0", "1", "2"}
