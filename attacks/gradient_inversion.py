@@ -42,6 +42,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.func import functional_call
+from torch.nn import functional as F
+
 from privlab.attacks.base import (
     Attack,
     AttackResult,
@@ -50,11 +55,6 @@ from privlab.attacks.base import (
     RefereeTruth,
     ThreatModel,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
-from torch.func import functional_call
-from torch.nn import functional as F
-
 from privlab.training import seeded_generator
 from privlab.wire import Message
 

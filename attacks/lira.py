@@ -29,6 +29,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+from scipy.special import logsumexp
+
 from privlab.attacks.base import (
     Attack,
     AttackResult,
@@ -37,10 +41,6 @@ from privlab.attacks.base import (
     PopulationData,
     ThreatModel,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from scipy import stats
-from scipy.special import logsumexp
-
 from privlab.errors import ScenarioError
 from privlab.reference_models import (
     ReferenceJob,
@@ -227,8 +227,33 @@ def _is_plain_update(payload: Any) -> bool:
 
 
 class ServerSideTarget:
-    """Honest-but-curious server watching client k: the global model it sent to k and k's
-    update; it rebuilds k's local model (global + update) from its last plaintext update."""
+    """Honest-but-curious server watching client k = `params.client`: the global model it sent
+    to k and k's update; it rebuilds k's local model (global + update) from its last plaintext
+    update. Mixed in before a membership attack class, whose scoring then targets that model."""
+
+    params: Any
+
+    def __init__(self, spec: Any, field: str) -> None:
+        super().__init__(spec, field)  # type: ignore[call-arg]
+        self._reset_observations()
+
+    def threat_model(self) -> ThreatModel:
+        return ThreatModel(
+            adversary="server",
+            knowledge=("training recipe", "population data", "client sample counts"),
+        )
+
+    def target_parties(self) -> list[int] | None:
+        return [self.params.client]
+
+    def observe(self, msg: Message) -> None:
+        self._observe_client(msg, self.params.client)
+
+    def _target(self, view: FinalView) -> TargetSpec | None:
+        return self._local_target(view, self.params.client)
+
+    def _no_target(self) -> AttackResult:
+        return self._no_plaintext(self.params.client)
 
     def _reset_observations(self) -> None:
         self._globals: dict[int, State] = {}
@@ -367,25 +392,3 @@ class LiRAServerAttack(ServerSideTarget, LiRAAttack):
 
     Params = LiRAServerParams
     topologies = frozenset({"federated"})
-
-    def __init__(self, spec: Any, field: str) -> None:
-        super().__init__(spec, field)
-        self._reset_observations()
-
-    def threat_model(self) -> ThreatModel:
-        return ThreatModel(
-            adversary="server",
-            knowledge=("training recipe", "population data", "client sample counts"),
-        )
-
-    def target_parties(self) -> list[int] | None:
-        return [self.params.client]
-
-    def observe(self, msg: Message) -> None:
-        self._observe_client(msg, self.params.client)
-
-    def _target(self, view: FinalView) -> TargetSpec | None:
-        return self._local_target(view, self.params.client)
-
-    def _no_target(self) -> AttackResult:
-        return self._no_plaintext(self.params.client)

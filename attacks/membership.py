@@ -12,6 +12,7 @@ Qualitative result reproduced: leakage grows with the generalisation gap; DP-SGD
 from __future__ import annotations
 
 import numpy as np
+
 from privlab.attacks.base import Attack, FinalView, MembershipScores, ThreatModel
 
 

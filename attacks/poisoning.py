@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from privlab.attacks.base import Attack, AttackResult, FinalView, TargetedProbe, ThreatModel
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from privlab.attacks.base import Attack, AttackResult, FinalView, TargetedProbe, ThreatModel
 from privlab.errors import ScenarioError
 
 if TYPE_CHECKING:

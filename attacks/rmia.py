@@ -20,12 +20,13 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
 from privlab.attacks.base import (
     AttackResult,
     FinalView,
     MembershipScores,
     PopulationData,
-    ThreatModel,
 )
 from privlab.attacks.lira import (
     LiRAAttack,
@@ -34,10 +35,7 @@ from privlab.attacks.lira import (
     fit_reference,
     global_target,
 )
-from pydantic import BaseModel, ConfigDict, Field
-
 from privlab.errors import ScenarioError
-from privlab.wire import Message
 
 
 def true_label_prob(logprobs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -140,25 +138,3 @@ class RMIAServerAttack(ServerSideTarget, RMIAAttack):
 
     Params = RMIAServerParams
     topologies = frozenset({"federated"})
-
-    def __init__(self, spec: Any, field: str) -> None:
-        super().__init__(spec, field)
-        self._reset_observations()
-
-    def threat_model(self) -> ThreatModel:
-        return ThreatModel(
-            adversary="server",
-            knowledge=("training recipe", "population data", "client sample counts"),
-        )
-
-    def target_parties(self) -> list[int] | None:
-        return [self.params.client]
-
-    def observe(self, msg: Message) -> None:
-        self._observe_client(msg, self.params.client)
-
-    def _target(self, view: FinalView) -> TargetSpec | None:
-        return self._local_target(view, self.params.client)
-
-    def _no_target(self) -> AttackResult:
-        return self._no_plaintext(self.params.client)

@@ -31,6 +31,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
 from privlab.attacks.base import (
     Attack,
     AttackResult,
@@ -39,10 +43,6 @@ from privlab.attacks.base import (
     RefereeTruth,
     ThreatModel,
 )
-from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import roc_auc_score
-from torch import nn
-
 from privlab.errors import PrivlabError, ScenarioError
 from privlab.wire import SERVER, Message
 

@@ -21,10 +21,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from privlab.attacks.base import Attack, AttackResult, FinalView, MembershipScores, ThreatModel
-from privlab.attacks.membership import cross_entropy_per_example
 from pydantic import BaseModel, ConfigDict, Field
 
+from privlab.attacks.base import Attack, AttackResult, FinalView, MembershipScores, ThreatModel
+from privlab.attacks.membership import cross_entropy_per_example
 from privlab.errors import ScenarioError
 from privlab.ledger import Authority, Ledger, LedgerError, PeerIdentity, derive_key
 from privlab.wire import Message

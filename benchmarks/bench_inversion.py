@@ -16,6 +16,9 @@ import time
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
+from torch.nn import functional as F
+
 from privlab.attacks.gradient_inversion import (
     Problem,
     Recipe,
@@ -24,9 +27,6 @@ from privlab.attacks.gradient_inversion import (
     recover_labels,
     simulate,
 )
-from sklearn.datasets import load_digits
-from torch.nn import functional as F
-
 from privlab.image_metrics import psnr
 from privlab.models import build_model
 from privlab.scenario import ModelSpec

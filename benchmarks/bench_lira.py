@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 import torch
+
 from privlab.attacks.base import FinalView, PopulationData
 from privlab.attacks.lira import LiRAAttack
-
 from privlab.data import load_dataset
 from privlab.metrics import membership_metrics
 from privlab.models import build_model

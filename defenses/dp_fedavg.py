@@ -34,10 +34,10 @@ import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.utils import get_noise_multiplier
-from privlab.defenses.base import AggregationDefense
-from privlab.defenses.dp_sgd import epsilon_of
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from privlab.defenses.base import AggregationDefense
+from privlab.defenses.dp_sgd import epsilon_of
 from privlab.errors import ScenarioError
 from privlab.training import seeded_generator
 

@@ -17,10 +17,10 @@ from opacus import GradSampleModule
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 from opacus.optimizers import DPOptimizer
-from privlab.defenses.base import LocalTrainingDefense
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
+from privlab.defenses.base import LocalTrainingDefense
 from privlab.errors import ScenarioError
 from privlab.training import LocalTrainer, TrainSettings
 

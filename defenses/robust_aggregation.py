@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from privlab.defenses.base import AggregationDefense, ClientUpdateDefense
 from pydantic import BaseModel, ConfigDict, Field
 
+from privlab.defenses.base import AggregationDefense, ClientUpdateDefense
 from privlab.errors import ScenarioError
 
 if TYPE_CHECKING:

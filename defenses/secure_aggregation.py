@@ -33,9 +33,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from privlab.defenses.base import TransportDefense
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from privlab.defenses.base import TransportDefense
 from privlab.errors import ScenarioError
 from privlab.wire import SERVER, client
 

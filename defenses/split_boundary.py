@@ -19,8 +19,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from privlab.defenses.base import Defense, Placement
 from pydantic import BaseModel, ConfigDict, Field
+
+from privlab.defenses.base import Defense, Placement
 
 
 def _pairwise(x: torch.Tensor) -> torch.Tensor:

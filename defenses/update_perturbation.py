@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from privlab.defenses.base import ClientUpdateDefense
 from pydantic import BaseModel, ConfigDict, Field
+
+from privlab.defenses.base import ClientUpdateDefense
 
 Update = dict[str, torch.Tensor]
 

@@ -160,8 +160,8 @@ def _breaches(results: dict[str, Any]) -> list[str]:
 def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> dict[str, Any]:
     import torch
 
-    from privlab.report import write_report
-    from privlab.results import ensure_writable, write_results
+    from privlab.report import render_report
+    from privlab.results import atomic_write_text, ensure_writable, write_results
     from privlab.runner import ScenarioRun
 
     folder = _output_dir(out, scenario.name)
@@ -174,8 +174,9 @@ def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> dict
             results = run.run()
     else:
         results = run.run()
+    html = render_report(results)  # render before writing: a failure leaves both files as they were
     write_results(folder / "results.json", results)
-    write_report(results, folder / "report.html")
+    atomic_write_text(folder / "report.html", html)
     if not quiet:
         out_console.print(_summary_table(results))
     out_console.print(
@@ -327,11 +328,30 @@ def check(
     out_console.print(f"ok: {n} expectation(s) passed" + (" and baseline held" if baseline else ""))
 
 
-LEAKAGE_METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "advantage")
+# Attack metrics a privacy regression may not move in the attacker's favour, by direction.
+# Bounded ones ([0, 1]) use the tolerance as an absolute margin, unbounded ones as a fraction.
+HIGHER_IS_WORSE = {
+    "auc": "abs",
+    "tpr_at_1pct_fpr": "abs",
+    "tpr_at_0.1pct_fpr": "abs",
+    "advantage": "abs",
+    "ssim": "abs",
+    "label_accuracy": "abs",
+    "backdoor_success": "abs",
+    "targeted_misclassification": "abs",
+    "psnr": "rel",
+    "psnr_max": "rel",
+}
+LOWER_IS_WORSE = {"mse": "rel", "mse_ratio": "rel"}
+
+
+def _worse(new: float, old: float, tol: float, kind: str, higher_is_worse: bool) -> bool:
+    margin = tol if kind == "abs" else tol * abs(old)
+    return new > old + margin if higher_is_worse else new < old - margin
 
 
 def compare_to_baseline(new: dict[str, Any], old: dict[str, Any], tol: float) -> list[str]:
-    """Privacy regression: attack metrics may not rise, accuracy may not fall, beyond `tol`."""
+    """Privacy regression: leakage may not grow, accuracy may not fall, beyond `tol`."""
     problems = []
     for name, v in new["variants"].items():
         ref = old["variants"].get(name)
@@ -342,11 +362,16 @@ def compare_to_baseline(new: dict[str, Any], old: dict[str, Any], tol: float) ->
             problems.append(f"{name}: accuracy fell {ref_acc:.3f} -> {acc:.3f}")
         for aid, a in v["attacks"].items():
             ref_m = ref["attacks"].get(aid, {}).get("metrics", {})
-            for key in LEAKAGE_METRICS:
-                if key in a["metrics"] and key in ref_m and a["metrics"][key] > ref_m[key] + tol:
-                    problems.append(
-                        f"{name}: {aid}.{key} rose {ref_m[key]:.3f} -> {a['metrics'][key]:.3f}"
-                    )
+            for key, value in a["metrics"].items():
+                old_value = ref_m.get(key)
+                if not isinstance(value, int | float) or not isinstance(old_value, int | float):
+                    continue
+                for table, higher in ((HIGHER_IS_WORSE, True), (LOWER_IS_WORSE, False)):
+                    if key in table and _worse(value, old_value, tol, table[key], higher):
+                        problems.append(
+                            f"{name}: {aid}.{key} moved towards the attacker "
+                            f"{old_value:.3f} -> {value:.3f}"
+                        )
         eps = (v.get("privacy") or {}).get("epsilon")
         ref_eps = (ref.get("privacy") or {}).get("epsilon")
         if eps is not None and ref_eps is not None and eps > ref_eps * (1 + tol):

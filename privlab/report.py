@@ -45,7 +45,7 @@ _KNOWN_VARIANT_KEYS = {"defenses", "utility", "attacks", "privacy", "cost", "not
 # --------------------------------------------------------------------------- filters
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
     """A finite float, or None for anything that is not a real number (bools included)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -54,13 +54,13 @@ def _number(value: Any) -> float | None:
 
 
 def fmt_fixed(value: Any, decimals: int = 3) -> str:
-    f = _number(value)
+    f = as_number(value)
     return MISSING if f is None else f"{f:.{decimals}f}"
 
 
 def fmt_sig(value: Any, digits: int = 3) -> str:
     """Significant digits, so small rates such as TPR 0.00123 keep their information."""
-    f = _number(value)
+    f = as_number(value)
     if f is None:
         return MISSING
     if f == 0:
@@ -76,7 +76,7 @@ def fmt_epsilon(value: Any) -> str:
 
 
 def fmt_delta(value: Any) -> str:
-    f = _number(value)
+    f = as_number(value)
     if f is None:
         return MISSING
     if f == 0 or abs(f) >= 1e-3:
@@ -86,13 +86,13 @@ def fmt_delta(value: Any) -> str:
 
 
 def fmt_int(value: Any) -> str:
-    f = _number(value)
+    f = as_number(value)
     return MISSING if f is None else f"{round(f):,}"
 
 
 def fmt_metric(value: Any, key: str = "") -> str:
     """Per-metric precision: AUC 3 decimals, rates 3 significant digits, counts as integers."""
-    f = _number(value)
+    f = as_number(value)
     if f is None:
         return MISSING
     if key == "auc" or key.endswith("_auc") or key in {"accuracy", "advantage"}:
@@ -108,7 +108,7 @@ def fmt_metric(value: Any, key: str = "") -> str:
 
 def fmt_bytes(value: Any) -> str:
     """Binary units (KiB, MiB...), as message sizes are counted in bytes."""
-    f = _number(value)
+    f = as_number(value)
     if f is None:
         return MISSING
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -119,7 +119,7 @@ def fmt_bytes(value: Any) -> str:
 
 
 def fmt_seconds(value: Any) -> str:
-    f = _number(value)
+    f = as_number(value)
     if f is None:
         return MISSING
     if f < 60:
@@ -161,7 +161,7 @@ def metric_label(key: str) -> str:
 
 def auc_class(value: Any) -> str:
     """CSS class by distance from chance: an AUC of 0.3 leaks as much as one of 0.7."""
-    f = _number(value)
+    f = as_number(value)
     if f is None:
         return ""
     d = abs(f - 0.5)
@@ -224,11 +224,11 @@ def _environment() -> Environment:
 # --------------------------------------------------------------------------- shaping
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -239,7 +239,7 @@ def _resolution_limited(key: str, n_nonmembers: int | None) -> bool:
 
 
 def _counts(values: list[Any]) -> str:
-    nums = sorted({int(f) for v in values if (f := _number(v)) is not None})
+    nums = sorted({int(f) for v in values if (f := as_number(v)) is not None})
     if not nums:
         return ""
     return f"{nums[0]:,}" if len(nums) == 1 else f"{nums[0]:,}–{nums[-1]:,}"
@@ -248,42 +248,44 @@ def _counts(values: list[Any]) -> str:
 def _attack_columns(scenario: dict[str, Any], variants: dict[str, Any]) -> list[dict[str, Any]]:
     """One column group per attack id, in scenario order, with its numeric metric keys."""
     order: list[str] = []
-    for spec in _list(scenario.get("attacks")):
+    for spec in as_list(scenario.get("attacks")):
         if isinstance(spec, dict) and (key := spec.get("id") or spec.get("name")):
             order.append(str(key))
     for v in variants.values():
-        order += [str(k) for k in _dict(v.get("attacks"))]
+        order += [str(k) for k in as_dict(v.get("attacks"))]
     columns = []
     for attack_id in dict.fromkeys(order):
         entries = [
             e
             for v in variants.values()
-            if isinstance(e := _dict(v.get("attacks")).get(attack_id), dict)
+            if isinstance(e := as_dict(v.get("attacks")).get(attack_id), dict)
         ]
         if not entries:
             continue
         keys: list[str] = []
         for e in entries:
-            keys += [k for k, val in _dict(e.get("metrics")).items() if _number(val) is not None]
+            keys += [
+                k for k, val in as_dict(e.get("metrics")).items() if as_number(val) is not None
+            ]
         keys = list(dict.fromkeys(keys))
         metrics = [k for k in HEADLINE_METRICS if k in keys]
         metrics += [k for k in keys if k not in HEADLINE_METRICS and k not in COUNT_METRICS]
         metrics = metrics[:SUMMARY_METRICS_PER_ATTACK]  # all of them are in the variant cards
         first = entries[0]
-        n_non = [_dict(e.get("metrics")).get("n_nonmembers") for e in entries]
-        n_non_known = [int(f) for x in n_non if (f := _number(x)) is not None]
+        n_non = [as_dict(e.get("metrics")).get("n_nonmembers") for e in entries]
+        n_non_known = [int(f) for x in n_non if (f := as_number(x)) is not None]
         columns.append(
             {
                 "id": attack_id,
                 "name": str(first.get("name") or attack_id),
                 "family": str(first.get("family") or ""),
-                "threat_model": _dict(first.get("threat_model")),
+                "threat_model": as_dict(first.get("threat_model")),
                 "metrics": metrics,
-                "n_members": _counts([_dict(e.get("metrics")).get("n_members") for e in entries]),
+                "n_members": _counts([as_dict(e.get("metrics")).get("n_members") for e in entries]),
                 "n_nonmembers": _counts(n_non),
                 "min_nonmembers": min(n_non_known) if n_non_known else None,
                 "has_roc": any(
-                    isinstance(_dict(e.get("artifacts")).get("roc"), dict) for e in entries
+                    isinstance(as_dict(e.get("artifacts")).get("roc"), dict) for e in entries
                 ),
             }
         )
@@ -293,7 +295,7 @@ def _attack_columns(scenario: dict[str, Any], variants: dict[str, Any]) -> list[
 def _defense(d: dict[str, Any]) -> dict[str, Any]:
     name = str(d.get("name") or d.get("id") or "?")
     ident = str(d.get("id") or "")
-    return {"name": name, "id": ident if ident != name else "", "params": _dict(d.get("params"))}
+    return {"name": name, "id": ident if ident != name else "", "params": as_dict(d.get("params"))}
 
 
 def _privacy(p: Any) -> dict[str, Any] | None:
@@ -321,7 +323,7 @@ def _expectation(e: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cost_summary(cost: dict[str, Any]) -> dict[str, Any]:
-    per_round = [f for x in _list(cost.get("bytes_per_round")) if (f := _number(x)) is not None]
+    per_round = [f for x in as_list(cost.get("bytes_per_round")) if (f := as_number(x)) is not None]
     mean = statistics.fmean(per_round) if per_round else None
     varies = bool(per_round) and min(per_round) != max(per_round)
     return {
@@ -337,22 +339,22 @@ def _cost_summary(cost: dict[str, Any]) -> dict[str, Any]:
 
 def _per_client(privacy: dict[str, Any]) -> list[tuple[str, Any]]:
     """Clients in numeric order ("2" before "10"), any non-numeric ids after them."""
-    items = [(str(k), v) for k, v in _dict(privacy.get("per_client")).items()]
+    items = [(str(k), v) for k, v in as_dict(privacy.get("per_client")).items()]
     return sorted(items, key=lambda kv: (0, int(kv[0]), "") if kv[0].isdigit() else (1, 0, kv[0]))
 
 
 def _variant_rows(variants: dict[str, Any], columns: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for name, v in variants.items():
-        attacks = _dict(v.get("attacks"))
+        attacks = as_dict(v.get("attacks"))
         raw_privacy = v.get("privacy")
         privacy = _privacy(raw_privacy)
         per_client = _per_client(raw_privacy) if isinstance(raw_privacy, dict) else []
-        client_eps = [f for _, x in per_client if (f := _number(x)) is not None]
+        client_eps = [f for _, x in per_client if (f := as_number(x)) is not None]
         cells = []
         for col in columns:
-            metrics = _dict(_dict(attacks.get(col["id"])).get("metrics"))
-            n_non = _number(metrics.get("n_nonmembers"))
+            metrics = as_dict(as_dict(attacks.get(col["id"])).get("metrics"))
+            n_non = as_number(metrics.get("n_nonmembers"))
             for key in col["metrics"]:
                 cells.append(
                     {
@@ -364,12 +366,14 @@ def _variant_rows(variants: dict[str, Any], columns: list[dict[str, Any]]) -> li
         rows.append(
             {
                 "name": name,
-                "defenses": [_defense(d) for d in _list(v.get("defenses")) if isinstance(d, dict)],
-                "final_accuracy": _dict(v.get("utility")).get("final_accuracy"),
-                "final_loss": _dict(v.get("utility")).get("final_loss"),
+                "defenses": [
+                    _defense(d) for d in as_list(v.get("defenses")) if isinstance(d, dict)
+                ],
+                "final_accuracy": as_dict(v.get("utility")).get("final_accuracy"),
+                "final_loss": as_dict(v.get("utility")).get("final_loss"),
                 "cells": cells,
                 "attack_metrics": [
-                    (aid, [(k, m) for k, m in _dict(_dict(a).get("metrics")).items()])
+                    (aid, [(k, m) for k, m in as_dict(as_dict(a).get("metrics")).items()])
                     for aid, a in attacks.items()
                 ],
                 "privacy": privacy,
@@ -379,8 +383,8 @@ def _variant_rows(variants: dict[str, Any], columns: list[dict[str, Any]]) -> li
                     if client_eps
                     else None
                 ),
-                "cost": _cost_summary(_dict(v.get("cost"))),
-                "notes": [str(n) for n in _list(v.get("notes"))],
+                "cost": _cost_summary(as_dict(v.get("cost"))),
+                "notes": [str(n) for n in as_list(v.get("notes"))],
                 "extra": {k: val for k, val in v.items() if k not in _KNOWN_VARIANT_KEYS},
             }
         )
@@ -389,28 +393,30 @@ def _variant_rows(variants: dict[str, Any], columns: list[dict[str, Any]]) -> li
 
 def _measured(results: dict[str, Any], scenario: dict[str, Any], n_variants: int) -> dict[str, Any]:
     """The facts for the one-paragraph "what this run measured" line."""
-    partition = _dict(scenario.get("partition"))
-    topology = _dict(scenario.get("topology"))
+    partition = as_dict(scenario.get("partition"))
+    topology = as_dict(scenario.get("topology"))
     seed = results.get("seed", scenario.get("seed"))
     return {
         "topology": topology.get("name"),
-        "dataset": _dict(scenario.get("data")).get("name"),
-        "model": _dict(scenario.get("model")).get("name"),
+        "dataset": as_dict(scenario.get("data")).get("name"),
+        "model": as_dict(scenario.get("model")).get("name"),
         "clients": partition.get("num_clients"),
         "partition": partition.get("scheme"),
         "rounds": topology.get("rounds"),
         "seed": seed,
         "n_variants": n_variants,
-        "n_attacks": len(_list(scenario.get("attacks"))),
+        "n_attacks": len(as_list(scenario.get("attacks"))),
     }
 
 
 def report_context(results: dict[str, Any]) -> dict[str, Any]:
     """Everything the template shows, shaped and with plots built; useful to test on its own."""
-    scenario = _dict(results.get("scenario"))
-    variants = {str(k): v for k, v in _dict(results.get("variants")).items() if isinstance(v, dict)}
+    scenario = as_dict(results.get("scenario"))
+    variants = {
+        str(k): v for k, v in as_dict(results.get("variants")).items() if isinstance(v, dict)
+    }
     columns = _attack_columns(scenario, variants)
-    raw_expectations = _list(results.get("expectations"))
+    raw_expectations = as_list(results.get("expectations"))
     expectations = [_expectation(e) for e in raw_expectations if isinstance(e, dict)]
     failed = sum(1 for e in expectations if not e["passed"])
     roc_plots = []
@@ -435,11 +441,11 @@ def report_context(results: dict[str, Any]) -> dict[str, Any]:
         "sections": extra_sections(results),
         "roc_plots": roc_plots,
         "scenario": scenario,
-        "versions": _dict(results.get("versions")),
+        "versions": as_dict(results.get("versions")),
         "schema_version": results.get("schema_version"),
         "privlab_version": results.get("privlab_version"),
-        "started": str(_dict(results.get("timing")).get("started") or ""),
-        "seconds": _dict(results.get("timing")).get("seconds"),
+        "started": str(as_dict(results.get("timing")).get("started") or ""),
+        "seconds": as_dict(results.get("timing")).get("seconds"),
     }
 
 

@@ -20,7 +20,9 @@ Layout (schema 1)::
                              "approximate": false, "per_client": {"0": f, ...}},
           "cost": {"bytes_per_round": [int, ...], "bytes_total": int,
                    "seconds": f, "seconds_per_round": [f, ...]},
-          "notes": [str, ...]
+          "notes": [str, ...],
+          "robustness": {...}   (when an aggregator selects clients: detection precision/recall),
+          "topology": {...}     (topology-specific results: ledger checks, baselines, ...)
         }
       },
       "expectations": [{"metric": ..., "variant": ..., "min": ..., "max": ...,
@@ -45,7 +47,17 @@ from typing import Any
 from privlab.errors import ScenarioError
 
 SCHEMA_VERSION = 1
-_TRACKED_PACKAGES = ("privlab", "torch", "opacus", "numpy", "scikit-learn", "tenseal", "mnist1d")
+_TRACKED_PACKAGES = (
+    "privlab",
+    "torch",
+    "opacus",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "tenseal",
+    "cryptography",
+    "mnist1d",
+)
 
 
 def package_versions() -> dict[str, str]:

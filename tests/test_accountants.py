@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
-from privlab.defenses.dp_fedavg import DPFedAvg, accounted_epsilon, rdp_floor
-from privlab.defenses.dp_sgd import epsilon_of
 from typer.testing import CliRunner
 
 from privlab.cli import app
+from privlab.defenses.dp_fedavg import DPFedAvg, accounted_epsilon, rdp_floor
+from privlab.defenses.dp_sgd import epsilon_of
 from privlab.scenario import ComponentSpec, load_scenario
 
 DELTA = 1 / 48000

@@ -214,3 +214,42 @@ def test_internal_error_exits_3_with_one_line(
     monkeypatch.setattr(cli, "_execute", explode)
     result = invoke("run", "--out", str(tmp_path / "o"))
     assert_one_line_error(result, "internal error", "boom", code=3)
+
+
+def test_baseline_catches_leakage_in_either_direction(tmp_path: Path) -> None:
+    new = {
+        "variants": {
+            "v": {
+                "utility": {"final_accuracy": 0.9},
+                "privacy": None,
+                "attacks": {"mia": {"metrics": {"auc": 0.70, "mse": 0.5, "n_nonmembers": 100}}},
+            }
+        }
+    }
+    old = {
+        "variants": {
+            "v": {
+                "utility": {"final_accuracy": 0.9},
+                "privacy": None,
+                "attacks": {"mia": {"metrics": {"auc": 0.60, "mse": 1.0, "n_nonmembers": 100}}},
+            }
+        }
+    }
+    problems = cli.compare_to_baseline(new, old, 0.02)
+    assert any("mia.auc" in p for p in problems) and any("mia.mse" in p for p in problems)
+    assert cli.compare_to_baseline(old, new, 0.02) == []  # less leakage is never a breach
+
+
+def test_a_failing_report_render_leaves_earlier_files_intact(
+    monkeypatch: pytest.MonkeyPatch, earlier_report: Path, tiny_overrides: list[str]
+) -> None:
+    import privlab.report
+
+    def broken(results: dict) -> str:
+        raise RuntimeError("template exploded")
+
+    monkeypatch.setattr(privlab.report, "render_report", broken)
+    items = [*tiny_overrides[:-2], 'variants=[{name="plain"}]', "expectations=[]"]
+    result = invoke("run", *overrides(items), "--out", str(earlier_report), "--quiet")
+    assert_one_line_error(result, "template exploded", code=3)
+    assert_intact(earlier_report)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
-from privlab.defenses.dp_fedavg import DPFedAvg, adaptive_update_noise, clip_update
 from typer.testing import CliRunner
 
 from privlab.cli import app
+from privlab.defenses.dp_fedavg import DPFedAvg, adaptive_update_noise, clip_update
 from privlab.errors import ScenarioError
 from privlab.scenario import ComponentSpec, load_scenario
 from privlab.training import seeded_generator

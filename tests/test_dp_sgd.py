@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
-from privlab.defenses.dp_sgd import DPSGD, DPSGDTrainer, epsilon_of
 
+from privlab.defenses.dp_sgd import DPSGD, DPSGDTrainer, epsilon_of
 from privlab.errors import ScenarioError
 from privlab.runner import ScenarioRun
 from privlab.scenario import ComponentSpec, load_scenario

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.datasets import load_digits
+
 from privlab.attacks.gradient_inversion import (
     Problem,
     Recipe,
@@ -16,8 +18,6 @@ from privlab.attacks.gradient_inversion import (
     simulate,
 )
 from privlab.defenses.update_perturbation import GradientPruning, UpdateNoise
-from sklearn.datasets import load_digits
-
 from privlab.errors import ScenarioError
 from privlab.image_metrics import psnr
 from privlab.results import strip_timing

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from privlab.attacks.base import FinalView, MembershipChallenge, PopulationData
 from privlab.attacks.lira import (
     LiRAAttack,
@@ -16,8 +18,6 @@ from privlab.attacks.lira import (
     logit_confidence,
     min_reference_models,
 )
-from typer.testing import CliRunner
-
 from privlab.cli import app
 from privlab.errors import ScenarioError
 from privlab.metrics import membership_metrics

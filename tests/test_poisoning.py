@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from privlab.attacks import poisoning as P
-from privlab.attacks.base import TargetedProbe
 from scipy.stats import norm
 from sklearn.metrics import accuracy_score, precision_score, recall_score
 
+from privlab.attacks import poisoning as P
+from privlab.attacks.base import TargetedProbe
 from privlab.runner import ScenarioRun, detection_metrics, probe_metrics
 from privlab.scenario import ComponentSpec, build_scenario, load_scenario
 from privlab.topologies.base import TrainingOutcome

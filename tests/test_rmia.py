@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from privlab.attacks.rmia import RMIAAttack, marginal_prob, rmia_scores, true_label_prob
 from typer.testing import CliRunner
 
+from privlab.attacks.rmia import RMIAAttack, marginal_prob, rmia_scores, true_label_prob
 from privlab.cli import app
 from privlab.errors import ScenarioError
 from privlab.metrics import membership_metrics

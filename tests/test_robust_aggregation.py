@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from privlab.defenses import robust_aggregation as ra
 
+from privlab.defenses import robust_aggregation as ra
 from privlab.errors import ScenarioError
 from privlab.scenario import ComponentSpec, build_scenario
 from privlab.topologies.base import DefenseStack

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+
 from privlab.defenses.secure_aggregation import (
     EncryptedUpdate,
     SecureAggregation,
     decrypt_update,
     unframe,
 )
-
 from privlab.errors import ScenarioError
 from privlab.runner import ScenarioRun
 from privlab.scenario import ComponentSpec, load_scenario

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from privlab.attacks.split_learning import cosine_scores, norm_scores
 from privlab.defenses.split_boundary import distance_correlation, max_norm_noise_std
-
 from privlab.errors import ScenarioError
 from privlab.runner import ScenarioRun
 from privlab.scenario import load_scenario

@@ -8,12 +8,11 @@ of CKKS secure aggregation per round. Everything is read from results.json.
 
 from __future__ import annotations
 
-import math
 from html import escape
 from typing import Any
 
 from privlab import plots
-from privlab.report import Section
+from privlab.report import Section, as_dict, as_number
 
 FAMILY = "gradient_inversion"
 PIXEL = 6
@@ -22,16 +21,6 @@ SOURCE_TEXT = {  # what the attack read, for the tables
     "decrypted_update": "a client's update, decrypted with the colluding client's key",
     "aggregate": "only the aggregate",
 }
-
-
-def _d(v: Any) -> dict[str, Any]:
-    return v if isinstance(v, dict) else {}
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(float(v)) else None
 
 
 def image_svg(values: list[float], shape: list[int], lo: float, hi: float) -> str:
@@ -56,7 +45,7 @@ def image_svg(values: list[float], shape: list[int], lo: float, hi: float) -> st
 
 def _attempt_html(attempt: dict[str, Any]) -> str:
     """A small figure: originals over their matched reconstructions, with a caption."""
-    disp = _d(attempt.get("display"))
+    disp = as_dict(attempt.get("display"))
     if not disp:
         return ""
     shape = list(disp.get("shape") or [])
@@ -76,7 +65,7 @@ def _attempt_html(attempt: dict[str, Any]) -> str:
         what = f"aggregate of {len(attempt.get('clients') or [])} clients"
     else:
         what = f"client {', '.join(map(str, attempt.get('clients') or []))} {what}"
-    psnr = _num(attempt.get("psnr"))
+    psnr = as_number(attempt.get("psnr"))
     caption = f"round {attempt.get('round')}, {what}: "
     caption += f"{psnr:.1f} dB" if psnr is not None else "—"
     if isinstance(n, int) and n > len(origs):
@@ -93,9 +82,9 @@ def _attempt_html(attempt: dict[str, Any]) -> str:
 def _entries(results: dict[str, Any]) -> list[tuple[str, str, dict[str, Any], dict[str, Any]]]:
     """(variant, attack id, attack entry, variant) for every gradient-inversion result."""
     out = []
-    for vname, v in _d(results.get("variants")).items():
-        for aid, entry in _d(_d(v).get("attacks")).items():
-            if _d(entry).get("family") == FAMILY:
+    for vname, v in as_dict(results.get("variants")).items():
+        for aid, entry in as_dict(as_dict(v).get("attacks")).items():
+            if as_dict(entry).get("family") == FAMILY:
                 out.append((str(vname), str(aid), entry, v))
     return out
 
@@ -104,9 +93,9 @@ def gallery(results: dict[str, Any]) -> str:
     """One row per variant and attack: up to four attempts, originals over reconstructions."""
     rows = []
     for vname, aid, entry, _ in _entries(results):
-        attempts = _d(entry.get("artifacts")).get("attempts") or []
-        shown = [a for a in attempts if _d(a).get("display")][:4]
-        notes = _d(entry.get("artifacts")).get("notes") or []
+        attempts = as_dict(entry.get("artifacts")).get("attempts") or []
+        shown = [a for a in attempts if as_dict(a).get("display")][:4]
+        notes = as_dict(entry.get("artifacts")).get("notes") or []
         figures = "".join(_attempt_html(a) for a in shown) or "no reconstruction"
         if notes:
             figures += f'<div class="small">{escape("; ".join(map(str, notes)))}</div>'
@@ -125,8 +114,8 @@ def tradeoff_svg(results: dict[str, Any]) -> str:
     series: dict[str, tuple[list[float], list[float]]] = {}
     labels: dict[str, list[str]] = {}
     for vname, aid, entry, v in _entries(results):
-        acc = _num(_d(_d(v).get("utility")).get("final_accuracy"))
-        psnr = _num(_d(entry.get("metrics")).get("psnr"))
+        acc = as_number(as_dict(as_dict(v).get("utility")).get("final_accuracy"))
+        psnr = as_number(as_dict(entry.get("metrics")).get("psnr"))
         if acc is None or psnr is None:
             continue
         xs, ys = series.setdefault(aid, ([], []))
@@ -154,8 +143,8 @@ def _undefended_psnr(results: dict[str, Any]) -> dict[str, float]:
     """Attack id -> PSNR in the first variant without defenses (the reference point)."""
     out: dict[str, float] = {}
     for _, aid, entry, v in _entries(results):
-        psnr = _num(_d(entry.get("metrics")).get("psnr"))
-        if not _d(v).get("defenses") and psnr is not None:
+        psnr = as_number(as_dict(entry.get("metrics")).get("psnr"))
+        if not as_dict(v).get("defenses") and psnr is not None:
             out.setdefault(aid, psnr)
     return out
 
@@ -164,13 +153,13 @@ def visibility_table(results: dict[str, Any]) -> str:
     rows = []
     base = _undefended_psnr(results)
     for vname, aid, entry, v in _entries(results):
-        m = _d(entry.get("metrics"))
-        share = _num(m.get("aggregate_share"))
-        attempts = _d(entry.get("artifacts")).get("attempts") or []
-        sources = sorted({str(_d(a).get("source")) for a in attempts})
-        psnr, ssim = _num(m.get("psnr")), _num(m.get("ssim"))
-        lab = _num(m.get("label_accuracy"))
-        acc = _num(_d(_d(v).get("utility")).get("final_accuracy"))
+        m = as_dict(entry.get("metrics"))
+        share = as_number(m.get("aggregate_share"))
+        attempts = as_dict(entry.get("artifacts")).get("attempts") or []
+        sources = sorted({str(as_dict(a).get("source")) for a in attempts})
+        psnr, ssim = as_number(m.get("psnr")), as_number(m.get("ssim"))
+        lab = as_number(m.get("label_accuracy"))
+        acc = as_number(as_dict(as_dict(v).get("utility")).get("final_accuracy"))
         rows.append(
             [
                 vname,
@@ -204,20 +193,20 @@ def visibility_table(results: dict[str, Any]) -> str:
 
 def he_cost_table(results: dict[str, Any]) -> str:
     rows = []
-    for vname, v in _d(results.get("variants")).items():
-        for d in _d(v).get("defenses") or []:
-            cost = _d(_d(d).get("cost"))
-            if _d(d).get("name") != "secure_aggregation" or not cost:
+    for vname, v in as_dict(results.get("variants")).items():
+        for d in as_dict(v).get("defenses") or []:
+            cost = as_dict(as_dict(d).get("cost"))
+            if as_dict(d).get("name") != "secure_aggregation" or not cost:
                 continue
 
             def f(key: str, fmt: str, cost: dict[str, Any] = cost) -> str:
-                x = _num(cost.get(key))
+                x = as_number(cost.get(key))
                 return "—" if x is None else format(x, fmt)
 
             rows.append(
                 [
                     str(vname),
-                    str(_d(d).get("key_holder") or ""),
+                    str(as_dict(d).get("key_holder") or ""),
                     f("ciphertexts_per_client", ".0f"),
                     f("ciphertext_bytes_per_client", ",.0f"),
                     f("plaintext_bytes_per_client", ",.0f"),
@@ -226,7 +215,7 @@ def he_cost_table(results: dict[str, Any]) -> str:
                     f("aggregate_seconds", ".4f"),
                     f("decrypt_seconds", ".4f"),
                     f("max_abs_error_bound", ".0e"),
-                    "yes" if _d(d).get("server_holds_secret_key") else "no",
+                    "yes" if as_dict(d).get("server_holds_secret_key") else "no",
                 ]
             )
     if not rows:

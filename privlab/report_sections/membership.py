@@ -8,26 +8,15 @@ is read from results.json.
 
 from __future__ import annotations
 
-import math
 from html import escape
 from typing import Any
 
 from privlab import plots
-from privlab.report import Section
-
-
-def _d(v: Any) -> dict[str, Any]:
-    return v if isinstance(v, dict) else {}
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v) if math.isfinite(float(v)) else None
+from privlab.report import Section, as_dict, as_number
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
-    n = _num(v)
+    n = as_number(v)
     return "—" if n is None else f"{n:.{digits}f}"
 
 
@@ -38,13 +27,13 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _claim(privacy: Any) -> str:
-    p = _d(privacy)
-    eps = _num(p.get("epsilon"))
+    p = as_dict(privacy)
+    eps = as_number(p.get("epsilon"))
     if eps is None:
         return "none (no DP)"
     level = "client-level" if p.get("level") == "client" else "record-level"
     approx = " (approximate)" if p.get("approximate") else ""
-    delta = _num(p.get("delta"))
+    delta = as_number(p.get("delta"))
     return escape(
         f"ε = {eps:.3f}, δ = {delta:.0e} ({p.get('accountant', '?')}{approx}; {level})"
         if delta is not None
@@ -55,9 +44,9 @@ def _claim(privacy: Any) -> str:
 def ledger_section(variants: dict[str, Any]) -> Section | None:
     series = {}
     for name, v in variants.items():
-        rounds = [_d(r) for r in _d(v.get("utility")).get("per_round") or []]
-        pts = [(r.get("round"), _num(r.get("epsilon"))) for r in rounds]
-        pts = [(x, e) for x, e in pts if e is not None and _num(x) is not None]
+        rounds = [as_dict(r) for r in as_dict(v.get("utility")).get("per_round") or []]
+        pts = [(r.get("round"), as_number(r.get("epsilon"))) for r in rounds]
+        pts = [(x, e) for x, e in pts if e is not None and as_number(x) is not None]
         if pts:
             series[name] = ([float(x) for x, _ in pts], [e for _, e in pts])
     if not series:
@@ -67,8 +56,8 @@ def ledger_section(variants: dict[str, Any]) -> Section | None:
     )
     rows = []
     for name, (xs, ys) in series.items():
-        p = _d(variants[name].get("privacy"))
-        budget = _num(p.get("budget_epsilon"))
+        p = as_dict(variants[name].get("privacy"))
+        budget = as_number(p.get("budget_epsilon"))
         status = "—"
         if budget is not None:
             status = f"budget {budget:g}: " + (
@@ -90,14 +79,14 @@ def audit_section(variants: dict[str, Any]) -> Section | None:
     rows = []
     method = ""
     for name, v in variants.items():
-        for attack_id, a in _d(v.get("attacks")).items():
-            a = _d(a)
+        for attack_id, a in as_dict(v.get("attacks")).items():
+            a = as_dict(a)
             if a.get("family") != "audit":
                 continue
-            m = _d(a.get("metrics"))
-            method = str(_d(a.get("artifacts")).get("method") or method)
-            claimed = _num(_d(v.get("privacy")).get("epsilon"))
-            lb = _num(m.get("epsilon_lower_bound"))
+            m = as_dict(a.get("metrics"))
+            method = str(as_dict(a.get("artifacts")).get("method") or method)
+            claimed = as_number(as_dict(v.get("privacy")).get("epsilon"))
+            lb = as_number(m.get("epsilon_lower_bound"))
             if claimed is None:
                 verdict = "no claim: the bound measures the undefended leakage"
             elif lb is not None and lb > claimed:
@@ -113,7 +102,7 @@ def audit_section(variants: dict[str, Any]) -> Section | None:
                     escape(
                         f"δ = {_fmt(m.get('delta'), 6)}, {int(m.get('n_canaries_in', 0))} in / "
                         f"{int(m.get('n_canaries_out', 0))} out, confidence "
-                        f"{1 - (_num(m.get('alpha')) or 0.05):.0%}"
+                        f"{1 - (as_number(m.get('alpha')) or 0.05):.0%}"
                     ),
                     verdict if "<strong>" in verdict else escape(verdict),
                 ]
@@ -135,17 +124,17 @@ def cost_section(variants: dict[str, Any]) -> Section | None:
     base_name, base_acc = None, None
     for name, v in variants.items():
         if not v.get("defenses"):
-            base_name, base_acc = name, _num(_d(v.get("utility")).get("final_accuracy"))
+            base_name, base_acc = name, as_number(as_dict(v.get("utility")).get("final_accuracy"))
             break
     rows = []
     for name, v in variants.items():
-        acc = _num(_d(v.get("utility")).get("final_accuracy"))
+        acc = as_number(as_dict(v.get("utility")).get("final_accuracy"))
         best, best_id = None, ""
-        for attack_id, a in _d(v.get("attacks")).items():
-            a = _d(a)
+        for attack_id, a in as_dict(v.get("attacks")).items():
+            a = as_dict(a)
             if a.get("family") != "membership":
                 continue
-            auc = _num(_d(a.get("metrics")).get("auc"))
+            auc = as_number(as_dict(a.get("metrics")).get("auc"))
             if auc is not None and (best is None or abs(auc - 0.5) > abs(best - 0.5)):
                 best, best_id = auc, attack_id
         if best is None:
@@ -188,9 +177,9 @@ def notes_section(variants: dict[str, Any]) -> Section | None:
     """What a membership attack could not do (e.g. a server that saw only ciphertexts)."""
     items = []
     for name, v in variants.items():
-        for attack_id, a in _d(v.get("attacks")).items():
-            a = _d(a)
-            note = _d(a.get("artifacts")).get("note")
+        for attack_id, a in as_dict(v.get("attacks")).items():
+            a = as_dict(a)
+            note = as_dict(a.get("artifacts")).get("note")
             if a.get("family") == "membership" and isinstance(note, str):
                 items.append(f"<li><strong>{escape(name)} / {escape(attack_id)}</strong>: "
                              f"{escape(note)}</li>")  # fmt: skip
@@ -200,7 +189,7 @@ def notes_section(variants: dict[str, Any]) -> Section | None:
 
 
 def sections(results: dict[str, Any]) -> list[Section]:
-    variants = _d(results.get("variants"))
+    variants = as_dict(results.get("variants"))
     found = [
         ledger_section(variants),
         audit_section(variants),

@@ -9,29 +9,22 @@ the ledger saw (entries, verification, refused commits, paused rounds).
 
 from __future__ import annotations
 
-import math
 from html import escape
 from typing import Any
 
 from privlab import plots
-from privlab.report import Section
+from privlab.report import Section, as_number
 
 SPLIT_FAMILIES = {"label_leakage": "auc", "input_reconstruction": "mse"}
 
 
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        return None
-    return float(v)
-
-
 def _fmt(v: Any, digits: int = 3) -> str:
-    f = _num(v)
+    f = as_number(v)
     return "—" if f is None else f"{f:.{digits}f}"
 
 
 def _delta(v: Any, ref: Any) -> str:
-    a, b = _num(v), _num(ref)
+    a, b = as_number(v), as_number(ref)
     return "" if a is None or b is None else f" ({a - b:+.3f})"
 
 
@@ -63,7 +56,7 @@ def _image_svg(image: Any, size: int = 48) -> str:
     rects = []
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            f = _num(v)
+            f = as_number(v)
             g = 0 if f is None else round(255 * min(max(f, 0.0), 1.0))
             rects.append(
                 f'<rect x="{j * cell:.2f}" y="{i * cell:.2f}" width="{cell:.2f}" '
@@ -123,7 +116,7 @@ def split_section(results: dict[str, Any]) -> Section | None:
         for aid, key in columns:
             val, base = metric(v, aid, key), metric(ref, aid, key)
             row.append(_fmt(val) + (_delta(val, base) if name != names[0] else ""))
-            if (a := _num(acc)) is not None and (m := _num(val)) is not None:
+            if (a := as_number(acc)) is not None and (m := as_number(val)) is not None:
                 xs, ys = series.setdefault(f"{aid} {key}", ([], []))
                 xs.append(a)
                 ys.append(m)
@@ -138,7 +131,11 @@ def split_section(results: dict[str, Any]) -> Section | None:
             x_label="test accuracy",
             y_label="leak AUC (minority class)",
             point_labels={
-                k: [n for n in names if _num(metric(variants[n], k.split()[0], "auc")) is not None]
+                k: [
+                    n
+                    for n in names
+                    if as_number(metric(variants[n], k.split()[0], "auc")) is not None
+                ]
                 for k in auc_series
             },
         )
@@ -202,7 +199,7 @@ def _comparison(variants: dict[str, Any]) -> str:
     for name, v in variants.items():
         topo = v.get("topology") if isinstance(v.get("topology"), dict) else None
         kind = "baseline" if topo is None else ("local" if topo.get("local_only") else "swarm")
-        a = _num((v.get("utility") or {}).get("final_accuracy"))
+        a = as_number((v.get("utility") or {}).get("final_accuracy"))
         if a is not None and kind not in acc:
             acc[kind] = (name, a)
     if "swarm" not in acc:
