@@ -162,11 +162,12 @@ class ScenarioRun:
             dataset = self._dataset(vs)
             clients = partition(dataset.y_train, vs.partition, vs.seed)
             _check_target_parties(attacks, len(clients))
+            check_root_size(defenses, len(dataset.y_test))
             for component in [*defenses.all(), *attacks]:
                 component.check_setting(vs, dataset.input_shape, dataset.num_classes)
-            topology_check = getattr(
-                registry.topologies.get(vs.topology.name, "topology.name"), "check_setting", None
-            )
+            topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
+            topology_cls.check_defenses(defenses, vs.topology.name)
+            topology_check = getattr(topology_cls, "check_setting", None)
             if topology_check is not None:  # topology params fail before any variant trains
                 topology_check(vs, dataset.input_shape, dataset.num_classes, len(clients))
             self.variants.append((variant, vs, defenses, attacks, dataset, clients))
@@ -299,20 +300,28 @@ class ScenarioRun:
         }
 
 
+def check_root_size(defenses: DefenseStack, test_pool: int) -> int:
+    """The root-set size the aggregation rule asks for, refused if it would eat more than half
+    of the test pool (called while preparing, before any variant trains)."""
+    agg = defenses.aggregation
+    size = agg.root_size if agg is not None else 0
+    if size > test_pool // 2:
+        raise ScenarioError(
+            f"{agg.field}.params.root_size: at most half the test pool ({test_pool // 2}), "
+            f"got {size}"
+        )
+    return size
+
+
 def server_root_split(
     defenses: DefenseStack, tensors: dict[str, torch.Tensor], seed: int
 ) -> dict[str, torch.Tensor]:
     """Move `root_size` seeded test records to the server (FLTrust's clean root set): the server
     legitimately holds them, and they leave the evaluation set so accuracy stays held out."""
-    agg = defenses.aggregation
-    size = agg.root_size if agg is not None else 0
+    size = check_root_size(defenses, len(tensors["y_test"]))
     if not size:
         return {}
     n = len(tensors["y_test"])
-    if size > n // 2:
-        raise ScenarioError(
-            f"{agg.field}.params.root_size: at most half the test pool ({n // 2}), got {size}"
-        )
     order = torch.as_tensor(np.random.default_rng([seed, 29]).permutation(n))
     root, keep = order[:size], torch.sort(order[size:]).values
     server = {"server_x": tensors["x_test"][root], "server_y": tensors["y_test"][root]}

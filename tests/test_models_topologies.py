@@ -87,3 +87,40 @@ def test_cnn_federated_with_dp_runs_end_to_end() -> None:
         ]
     )
     assert v["privacy"]["epsilon"] > 0 and set(v["privacy"]["per_client"]) == {"0", "1", "2"}
+
+
+@pytest.mark.parametrize(
+    ("topology", "defense", "placement"),
+    [
+        ("central", '{name="secure_aggregation"}', "transport"),
+        ("central", '{name="median"}', "aggregation"),
+        ("swarm", '{name="update_noise", params={std=0.1}}', "client_update"),
+        ("split", '{name="krum"}', "aggregation"),
+    ],
+)
+def test_a_defense_the_topology_cannot_apply_is_refused_before_training(
+    topology: str, defense: str, placement: str
+) -> None:
+    scenario = load_scenario(
+        None,
+        [
+            f'topology.name="{topology}"',
+            "expectations=[]",
+            f'variants=[{{name="fine"}}, {{name="bad", defenses=[{defense}]}}]',
+        ],
+    )
+    with pytest.raises(ScenarioError, match=rf"variants\.1\.defenses\.0\.name: .*\({placement}\)"):
+        ScenarioRun(scenario)  # preparation alone: no variant has trained yet
+
+
+def test_fltrust_root_set_too_large_is_refused_before_training() -> None:
+    scenario = load_scenario(
+        None,
+        [
+            "expectations=[]",
+            'variants=[{name="fine"}, {name="bad", defenses=[{name="fltrust", '
+            "params={root_size=1000}}]}]",
+        ],
+    )
+    with pytest.raises(ScenarioError, match="root_size: at most half the test pool"):
+        ScenarioRun(scenario)

@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -163,6 +163,21 @@ class TopologyContext:
 
 class Topology(ABC):
     """Base class: owns the training loop of one variant."""
+
+    placements: ClassVar[frozenset[Placement]] = frozenset({Placement.LOCAL_TRAINING})
+    """Where this protocol applies defenses; a defense placed elsewhere would silently do
+    nothing here, so the runner refuses it before any variant trains."""
+
+    @classmethod
+    def check_defenses(cls, defenses: DefenseStack, topology: str) -> None:
+        """Raise a one-line ScenarioError for a defense this topology cannot apply."""
+        allowed = ", ".join(sorted(str(p) for p in cls.placements))
+        for d in defenses.all():
+            if d.placement not in cls.placements:
+                raise ScenarioError(
+                    f"{d.field}.name: '{d.spec.name}' ({d.placement}) does not apply to "
+                    f"topology '{topology}' (it applies defenses at: {allowed})"
+                )
 
     def __init__(self, ctx: TopologyContext) -> None:
         self.ctx = ctx

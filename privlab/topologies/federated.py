@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from privlab.attacks.base import Attack
+from privlab.defenses.base import Placement
 from privlab.errors import ScenarioError
 from privlab.topologies.base import RoundRecord, Topology, TrainingOutcome
 from privlab.training import LocalTrainer, State, seeded_generator
@@ -48,6 +49,15 @@ def difference(new: State, old: State) -> Update:
 
 class FederatedTopology(Topology):
     """FedAvg / FedProx with client sampling, dropout, malicious clients and defenses."""
+
+    placements = frozenset(
+        {
+            Placement.LOCAL_TRAINING,
+            Placement.CLIENT_UPDATE,
+            Placement.TRANSPORT,
+            Placement.AGGREGATION,
+        }
+    )
 
     def run(self) -> TrainingOutcome:
         ctx, spec = self.ctx, self.spec

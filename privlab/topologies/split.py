@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
+from privlab.defenses.base import Placement
 from privlab.errors import ScenarioError
 from privlab.scenario import validate_params
 from privlab.topologies.base import Topology, TopologyContext, TrainingOutcome
@@ -85,6 +86,8 @@ def _optimizer(params: Any, spec: Any) -> torch.optim.Optimizer:
 class SplitTopology(Topology):
     """Split learning, vanilla or U-shaped, clients in turn passing the bottom model on."""
 
+    placements = frozenset({Placement.LOCAL_TRAINING, Placement.SPLIT_BOUNDARY})
+
     @staticmethod
     def check_setting(
         scenario: Any, input_shape: tuple[int, ...], num_classes: int, num_clients: int
@@ -98,12 +101,6 @@ class SplitTopology(Topology):
         super().__init__(ctx)
         self.params = split_params(ctx.scenario)
         d = ctx.defenses
-        if d.client_update or d.transport is not None or d.aggregation is not None:
-            wrong = (d.client_update or [d.transport or d.aggregation])[0]
-            raise ScenarioError(
-                f"{wrong.field}.name: '{wrong.spec.name}' ({wrong.placement}) does not apply to "
-                "split learning (allowed: local_training on the bottom model, split_boundary)"
-            )
         from privlab.defenses.split_boundary import SplitBoundaryDefense
 
         self.boundary = [x for x in d.other if isinstance(x, SplitBoundaryDefense)]

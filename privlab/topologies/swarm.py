@@ -24,10 +24,17 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from privlab.defenses.base import Placement
 from privlab.errors import ScenarioError
 from privlab.ledger import Authority, Ledger, LedgerError, PeerIdentity
 from privlab.scenario import validate_params
-from privlab.topologies.base import RoundRecord, Topology, TopologyContext, TrainingOutcome
+from privlab.topologies.base import (
+    DefenseStack,
+    RoundRecord,
+    Topology,
+    TopologyContext,
+    TrainingOutcome,
+)
 from privlab.training import LocalTrainer, State, evaluate
 from privlab.wire import Message
 
@@ -80,6 +87,20 @@ def weighted_mean(stack: list[State], weights: list[float]) -> State:
 class SwarmTopology(Topology):
     """Swarm learning: local training, signed commits to a permissioned ledger, a leader merge."""
 
+    placements = frozenset({Placement.LOCAL_TRAINING, Placement.AGGREGATION})
+    """An aggregation rule is the leader's merge; there is no transport: peers read each
+    other's weights from the ledger."""
+
+    @classmethod
+    def check_defenses(cls, defenses: DefenseStack, topology: str) -> None:
+        super().check_defenses(defenses, topology)
+        agg = defenses.aggregation
+        if agg is not None and agg.root_size > 0:
+            raise ScenarioError(
+                f"{agg.field}.name: '{agg.spec.name}' needs a server holding root data; "
+                "swarm learning has no server"
+            )
+
     @staticmethod
     def check_setting(
         scenario: Any, input_shape: tuple[int, ...], num_classes: int, num_clients: int
@@ -107,18 +128,6 @@ class SwarmTopology(Topology):
     def __init__(self, ctx: TopologyContext) -> None:
         super().__init__(ctx)
         self.params = self.check_setting(ctx.scenario, (), 0, len(ctx.clients))
-        agg = ctx.defenses.aggregation
-        if agg is not None and getattr(agg, "root_size", 0) > 0:
-            raise ScenarioError(
-                f"{agg.field}.name: '{agg.spec.name}' needs a server holding root data; "
-                "swarm learning has no server"
-            )
-        if ctx.defenses.transport is not None:
-            d = ctx.defenses.transport
-            raise ScenarioError(
-                f"{d.field}.name: '{d.spec.name}' (transport) does not apply to swarm learning: "
-                "peers read each other's weights from the ledger"
-            )
 
     def live(self, k: int, r: int) -> bool:
         for f in self.params.faults:
