@@ -156,21 +156,31 @@ class ScenarioRun:
         self._datasets: dict[str, Dataset] = {}
         self.variants = []
         for i, variant in enumerate(scenario.variant_list()):
-            vs = variant_scenario(scenario, variant, i)
-            defenses = DefenseStack.build(instantiate_defenses(vs, variant, i))
-            attacks = instantiate_attacks(vs)
-            dataset = self._dataset(vs)
-            clients = partition(dataset.y_train, vs.partition, vs.seed)
-            _check_target_parties(attacks, len(clients))
-            check_root_size(defenses, len(dataset.y_test))
-            for component in [*defenses.all(), *attacks]:
-                component.check_setting(vs, dataset.input_shape, dataset.num_classes)
-            topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
-            topology_cls.check_defenses(defenses, vs.topology.name)
-            topology_check = getattr(topology_cls, "check_setting", None)
-            if topology_check is not None:  # topology params fail before any variant trains
-                topology_check(vs, dataset.input_shape, dataset.num_classes, len(clients))
-            self.variants.append((variant, vs, defenses, attacks, dataset, clients))
+            try:
+                prepared = self._prepare(scenario, variant, i)
+            except ScenarioError as exc:
+                if str(exc).startswith("variants.") or not variant.set:
+                    raise
+                raise ScenarioError(f"variant '{variant.name}': {exc}") from None
+            self.variants.append(prepared)
+
+    def _prepare(self, scenario: Scenario, variant: VariantSpec, i: int) -> tuple:
+        """Build and check one variant: every bad input fails here, before any training."""
+        vs = variant_scenario(scenario, variant, i)
+        defenses = DefenseStack.build(instantiate_defenses(vs, variant, i))
+        attacks = instantiate_attacks(vs)
+        dataset = self._dataset(vs)
+        clients = partition(dataset.y_train, vs.partition, vs.seed)
+        _check_target_parties(attacks, len(clients))
+        check_root_size(defenses, len(dataset.y_test))
+        for component in [*defenses.all(), *attacks]:
+            component.check_setting(vs, dataset.input_shape, dataset.num_classes)
+        topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
+        topology_cls.check_defenses(defenses, vs.topology.name)
+        topology_check = getattr(topology_cls, "check_setting", None)
+        if topology_check is not None:  # topology params fail before any variant trains
+            topology_check(vs, dataset.input_shape, dataset.num_classes, len(clients))
+        return (variant, vs, defenses, attacks, dataset, clients)
 
     def _dataset(self, s: Scenario) -> Dataset:
         key = s.data.model_dump_json() + str(s.seed)

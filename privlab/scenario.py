@@ -202,7 +202,8 @@ def _format_validation_error(exc: ValidationError, model: type[BaseModel], prefi
         allowed = _allowed_fields(model, err["loc"][:-1])
         close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        return f"{field}: unknown field{hint} (allowed: {', '.join(allowed)})"
+        allowed_text = f"allowed: {', '.join(allowed)}" if allowed else "no fields are allowed here"
+        return f"{field}: unknown field{hint} ({allowed_text})"
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
     return f"{field}: {err['msg']}{shown}"

@@ -253,3 +253,17 @@ def test_a_failing_report_render_leaves_earlier_files_intact(
     result = invoke("run", *overrides(items), "--out", str(earlier_report), "--quiet")
     assert_one_line_error(result, "template exploded", code=3)
     assert_intact(earlier_report)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--set", "topology.params.late_dropot=0.2"], "did you mean 'late_dropout'"),
+        (["--set", "topology.params.late_dropout=1.5"], "less than 1"),
+        (["--set", 'topology.name="central"', "--set", "topology.params.x=1"], "no fields"),
+    ],
+)
+def test_topology_params_are_strict(args: list[str], fragment: str, earlier_report: Path) -> None:
+    result = invoke("run", *args, "--out", str(earlier_report))
+    assert_one_line_error(result, "topology.params.", fragment)
+    assert_intact(earlier_report)

@@ -45,7 +45,7 @@ def test_vanilla_split_equals_central_training_of_the_composed_model() -> None:
     nothing: the composed model is exactly the centrally trained one."""
     common = ["partition.num_clients=1", "topology.rounds=2", "topology.params={cut_layer=2}"]
     split = _variant(_run(common))
-    central = _variant(_run([*common, "topology.name=central"]))
+    central = _variant(_run([*common, "topology.name=central", "topology.params={}"]))
     for a, b in zip(split["utility"]["per_round"], central["utility"]["per_round"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["accuracy"] == pytest.approx(b["accuracy"])

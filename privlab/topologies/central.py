@@ -6,14 +6,25 @@ records. The upload is sent over the wire (round 0) so its cost and visibility a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from privlab.defenses.base import NoParams
+from privlab.scenario import validate_params
 from privlab.topologies.base import Topology, TrainingOutcome
 from privlab.wire import SERVER, client
 
 
 class CentralTopology(Topology):
     """All client data pooled on one server; one round = `local_epochs` epochs of training."""
+
+    @staticmethod
+    def check_setting(
+        scenario: Any, input_shape: tuple[int, ...], num_classes: int, num_clients: int
+    ) -> None:
+        """Central training takes no topology.params: refuse any, rather than ignore them."""
+        validate_params(NoParams, scenario.topology.params, "topology.params")
 
     def run(self) -> TrainingOutcome:
         ctx = self.ctx

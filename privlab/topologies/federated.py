@@ -11,13 +11,15 @@ sample count, a robust rule, or the decrypted sum) and steps the global model by
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from privlab.attacks.base import Attack
 from privlab.defenses.base import Placement
-from privlab.errors import ScenarioError
+from privlab.scenario import validate_params
 from privlab.topologies.base import RoundRecord, Topology, TrainingOutcome
 from privlab.training import LocalTrainer, State, seeded_generator
 from privlab.wire import SERVER, client
@@ -34,13 +36,13 @@ def weighted_mean(updates: list[Update], weights: list[float]) -> Update:
     }
 
 
-def late_dropout(params: dict) -> float:
-    """`topology.params.late_dropout`: probability that a client drops out after computing (and
-    protecting) its update, before it reaches the server (0 when unset)."""
-    p = params.get("late_dropout", 0.0)
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
-        raise ScenarioError(f"topology.params.late_dropout: must be a number in [0, 1) (got {p!r})")
-    return float(p)
+class FederatedParams(BaseModel):
+    """`topology.params` of the federated topology (unknown keys are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+    late_dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Probability that a client drops out after computing (and protecting) its update,
+    before it reaches the server: it is left out of the aggregate."""
 
 
 def difference(new: State, old: State) -> Update:
@@ -59,8 +61,17 @@ class FederatedTopology(Topology):
         }
     )
 
+    @staticmethod
+    def check_setting(
+        scenario: Any, input_shape: tuple[int, ...], num_classes: int, num_clients: int
+    ) -> FederatedParams:
+        """Validate topology.params while preparing, before any variant trains."""
+        params = validate_params(FederatedParams, scenario.topology.params, "topology.params")
+        return params  # type: ignore[return-value]
+
     def run(self) -> TrainingOutcome:
         ctx, spec = self.ctx, self.spec
+        self.params = self.check_setting(ctx.scenario, (), 0, len(ctx.clients))
         num_clients = len(ctx.clients)
         self.owner: dict[int, Attack] = {}
         for attack in ctx.attacks:
@@ -73,7 +84,6 @@ class FederatedTopology(Topology):
             ctx.defenses.transport.setup(num_clients, difference(state, state))
             for sender, receiver, kind, payload in ctx.defenses.transport.setup_messages():
                 ctx.wire.send(0, sender, receiver, kind, payload)
-        late_dropout(spec.params)  # validate before any training
         self._late_rng = np.random.default_rng([self.seed, 17])
         self._late_dropped = 0
         self._selections: list[dict] = []
@@ -122,7 +132,7 @@ class FederatedTopology(Topology):
         if self._late_dropped:
             notes.append(
                 f"{self._late_dropped} client updates lost after being computed "
-                f"(late_dropout={late_dropout(spec.params)}); left out of the aggregate"
+                f"(late_dropout={self.params.late_dropout}); left out of the aggregate"
             )
         return TrainingOutcome(
             server_model,
@@ -177,7 +187,7 @@ class FederatedTopology(Topology):
         ctx = self.ctx
         ids = sorted(updates)
         transport = ctx.defenses.transport
-        late = late_dropout(self.spec.params)
+        late = self.params.late_dropout
         if transport is not None:
             payloads = []
             for k in ids:
