@@ -62,6 +62,7 @@ def best_time(fn, repeat: int) -> float:
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # as `privlab run` does by default
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5)

@@ -64,6 +64,7 @@ def privlab_fedavg(run: ScenarioRun) -> float:
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # as `privlab run` does by default
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="default")
     parser.add_argument("--repeats", type=int, default=5)

@@ -60,6 +60,7 @@ def plain_dlg(model: torch.nn.Module, grads: list[torch.Tensor], label: int, ite
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # as `privlab run` does by default
     ap = argparse.ArgumentParser()
     ap.add_argument("--index", type=int, default=0)
     ap.add_argument("--iterations", type=int, default=100)

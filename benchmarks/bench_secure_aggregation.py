@@ -15,12 +15,14 @@ import statistics
 import time
 
 import numpy as np
+import torch
 
 from privlab.runner import ScenarioRun
 from privlab.scenario import load_scenario
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # as `privlab run` does by default
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
