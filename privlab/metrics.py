@@ -16,10 +16,6 @@ from sklearn.metrics import roc_auc_score, roc_curve
 FPR_LEVELS = {"1pct": 0.01, "0.1pct": 0.001, "0pct": 0.0}
 
 
-def accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
-
-
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:
     """Highest TPR whose FPR does not exceed `level` (as in the LiRA reference code)."""
     ok = fpr <= level + 1e-12

@@ -51,32 +51,29 @@ class DefenseStack:
     @classmethod
     def build(cls, defenses: list[Defense]) -> DefenseStack:
         stack = cls()
+        single_slots = (
+            (LocalTrainingDefense, "local_training", "local-training defense"),
+            (TransportDefense, "transport", "transport defense"),
+            (AggregationDefense, "aggregation", "aggregation rule"),
+        )
         for d in defenses:
-            if isinstance(d, LocalTrainingDefense):
-                if stack.local_training is not None:
-                    raise ScenarioError(
-                        f"{d.field}.name: only one local-training defense per variant "
-                        f"('{stack.local_training.spec.name}' is already set)"
-                    )
-                stack.local_training = d
-            elif isinstance(d, ClientUpdateDefense):
+            if isinstance(d, ClientUpdateDefense):
                 stack.client_update.append(d)
-            elif isinstance(d, TransportDefense):
-                if stack.transport is not None:
-                    raise ScenarioError(
-                        f"{d.field}.name: only one transport defense per variant "
-                        f"('{stack.transport.spec.name}' is already set)"
-                    )
-                stack.transport = d
-            elif isinstance(d, AggregationDefense):
-                if stack.aggregation is not None:
-                    raise ScenarioError(
-                        f"{d.field}.name: only one aggregation rule per variant "
-                        f"('{stack.aggregation.spec.name}' is already set)"
-                    )
-                stack.aggregation = d
-            else:
+                continue
+            slot = next(
+                ((a, label) for kind, a, label in single_slots if isinstance(d, kind)), None
+            )
+            if slot is None:
                 stack.other.append(d)
+                continue
+            attr, label = slot
+            taken = getattr(stack, attr)
+            if taken is not None:
+                raise ScenarioError(
+                    f"{d.field}.name: only one {label} per variant "
+                    f"('{taken.spec.name}' is already set)"
+                )
+            setattr(stack, attr, d)
         agg, transport = stack.aggregation, stack.transport
         if agg is not None and transport is not None:
             # The server only ever holds the transport's combined aggregate, so no server-side
@@ -87,9 +84,6 @@ class DefenseStack:
                 "them, or clip on the clients before encryption ('update_clipping')"
             )
         return stack
-
-    def at(self, placement: Placement) -> list[Defense]:
-        return [d for d in self.all() if d.placement == placement]
 
     def all(self) -> list[Defense]:
         out: list[Defense] = []
