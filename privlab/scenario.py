@@ -14,7 +14,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from privlab import registry
 from privlab.errors import ScenarioError
@@ -97,6 +104,21 @@ class ExpectationSpec(Strict):
         return self
 
 
+class ReportSpec(Strict):
+    """How the report grades risk: `grading.<family>.<band> = value` overrides the default
+    bands of privlab.grading (families membership, reconstruction, backdoor, label_leakage)."""
+
+    grading: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @field_validator("grading")
+    @classmethod
+    def _bands(cls, grading: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        from privlab.grading import check_overrides
+
+        check_overrides(grading)
+        return grading
+
+
 class Scenario(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "scenario"
     description: str = ""
@@ -110,6 +132,7 @@ class Scenario(Strict):
     """Defenses applied in every variant."""
     variants: list[VariantSpec] = Field(default_factory=list)
     expectations: list[ExpectationSpec] = Field(default_factory=list)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     def variant_list(self) -> list[VariantSpec]:
         return self.variants or [VariantSpec(name="baseline")]

@@ -44,7 +44,7 @@ def _topology(results: dict[str, Any]) -> str:
     return str((scenario.get("topology") or {}).get("name") or "")
 
 
-def _image_svg(image: Any, size: int = 48) -> str:
+def _image_svg(image: Any, size: int = 96) -> str:
     """A (C, H, W) or (H, W) grayscale image in [0, 1] as an inline SVG of grey squares."""
     grid = (
         image[0] if isinstance(image, list) and image and isinstance(image[0][0], list) else image
