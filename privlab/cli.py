@@ -152,12 +152,12 @@ def _summary_table(results: dict[str, Any]) -> Table:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    table.add_column("variant", overflow="fold", ratio=3)
+    table.add_column("variant", overflow="fold", max_width=16)
     table.add_column("acc", justify="right", no_wrap=True)
     table.add_column("ε", justify="right", no_wrap=True)
-    table.add_column("attack", overflow="fold", ratio=3)
-    table.add_column("key metric", overflow="fold", ratio=4, min_width=24)
-    table.add_column("grade", no_wrap=True)
+    table.add_column("attack", overflow="fold", max_width=13)
+    table.add_column("key metric", overflow="fold", min_width=26)
+    table.add_column("grade", no_wrap=True, min_width=6)
     accountants = set()
     notes = {"—: not graded (no rule for the family, or no baseline)"}
     for name, v in results["variants"].items():

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from chromium_page import browser, check_page, chromium
-from test_report import results, results_module  # noqa: F401  (the report fixtures)
+from test_report import make_results
 
 pytestmark = pytest.mark.skipif(chromium() is None, reason="chromium is not installed")
 
@@ -29,6 +29,11 @@ must never need</td></tr></table></div>
 
 CLEAN = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>clean</title></head>
 <body><p>nothing wrong here</p></body></html>"""
+
+
+@pytest.fixture
+def results() -> dict[str, Any]:
+    return make_results()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +65,7 @@ def _check_report(port: str, path: Path) -> None:
     assert found.problems() == [], f"{path}:\n" + "\n".join(found.problems())
 
 
-def test_report_is_clean_and_escapes_script(port: str, tmp_path: Path, results: Any) -> None:  # noqa: F811
+def test_report_is_clean_and_escapes_script(port: str, tmp_path: Path, results: Any) -> None:
     """A scenario description carrying script and an event handler renders as text."""
     from privlab.report import write_report
 

@@ -42,8 +42,7 @@ def _mia(auc: float, tpr1: float, tpr01: float, fpr: list[float], tpr: list[floa
     }
 
 
-@pytest.fixture(scope="module")
-def results_module() -> dict[str, Any]:
+def make_results() -> dict[str, Any]:
     """Three variants: undefended (leaky), DP-SGD (approximate GDP epsilon), and a sparse one."""
     return {
         "schema_version": 1,
@@ -161,6 +160,11 @@ def results_module() -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def results_module() -> dict[str, Any]:
+    return make_results()
+
+
 @pytest.fixture
 def results(results_module: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(results_module)
@@ -210,8 +214,10 @@ def test_summary_shows_key_metric_grade_epsilon_and_costs(rendered: str) -> None
 def test_verdict_comes_first_and_says_cost_and_lack_of_benefit(rendered: str) -> None:
     verdict = rendered.split('<section id="verdict">')[1].split("</section>")[0]
     assert rendered.index('id="verdict"') < rendered.index("Privacy and utility across variants")
-    assert "an outsider tells training members from non-members at 4.1x the false-positive " \
+    assert (
+        "an outsider tells training members from non-members at 4.1x the false-positive "
         "rate at 1% FPR" in verdict
+    )
     assert "Highest risk in this run: medium" in verdict
     assert "An outsider can only query the final model and knows mean train loss" in verdict
     # dp against the undefended baseline: accuracy, epsilon, seconds and bytes
@@ -228,8 +234,10 @@ def test_no_leak_in_reference_means_no_benefit_shown(results: dict[str, Any]) ->
     m["tpr_at_1pct_fpr"], m["leak_detected"] = 0.03, False
     out = report.render_report(data)
     assert "graded none because the run found no leak" in out
-    assert "mia found no leak in &#39;baseline&#39; (3x), so this run cannot show the " \
+    assert (
+        "mia found no leak in &#39;baseline&#39; (3x), so this run cannot show the "
         "defense&#39;s benefit against it" in out
+    )
 
 
 def test_below_resolution_marked(results: dict[str, Any]) -> None:
@@ -258,8 +266,10 @@ def test_grading_override_from_the_scenario(results: dict[str, Any]) -> None:
     data = copy.deepcopy(results)
     data["scenario"]["report"] = {"grading": {"membership": {"medium": 5.0}}}
     out = report.render_report(data)
-    assert "membership</strong> by TPR/FPR at low FPR: high ≥ 10x, medium ≥ 5x, low ≥ 1.5x " \
+    assert (
+        "membership</strong> by TPR/FPR at low FPR: high ≥ 10x, medium ≥ 5x, low ≥ 1.5x "
         "(set by this scenario)" in out
+    )
     assert "at 4.1x the false-positive rate at 1% FPR (TPR 0.0412), AUC 0.739: low" in out
 
 
@@ -271,8 +281,9 @@ def test_per_client_and_group_accuracy_figures(results: dict[str, Any]) -> None:
     out = report.render_report(data)
     assert 'id="fig-per_client_accuracy"' in out and 'id="fig-per_group_accuracy"' in out
     assert "the largest gap is 0.230 in baseline (client 10: 0.720, client 0: 0.950)" in out
-    assert "the largest gap is 0.360 in baseline (group minority: 0.610, group majority: " \
-        "0.970)" in out
+    assert (
+        "the largest gap is 0.360 in baseline (group minority: 0.610, group majority: 0.970)" in out
+    )
 
 
 def test_expectations_table_marks_failures(rendered: str) -> None:
@@ -286,8 +297,10 @@ def test_figures_and_details(rendered: str) -> None:
     # Accuracy per round, one ROC (only `mia` has ROC points), the trade-off plot (2 points).
     assert rendered.count("<svg") == 3
     assert "ROC (log-log): mia (loss_threshold)" in rendered
-    assert "Test accuracy after each of 5 rounds, 2 variant(s); final accuracy from 0.876 (dp) " \
+    assert (
+        "Test accuracy after each of 5 rounds, 2 variant(s); final accuracy from 0.876 (dp) "
         "to 0.941 (baseline)." in rendered
+    )
     assert "Shaded: FPR below 1/500 = 0.002" in rendered
     assert "clipping at 1.0" in rendered  # notes
     assert "9: 3.09" in rendered  # per-client epsilon
@@ -387,5 +400,3 @@ def test_formatting_filters() -> None:
     assert report.fmt_metric(0.73912, "auc") == "0.739"
     assert report.auc_class(0.52) == "risk-chance" and report.auc_class(0.2) == "risk-high"
     assert report.metric_label("tpr_at_0.01pct_fpr") == "TPR@0.01%FPR"
-
-
