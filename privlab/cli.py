@@ -196,7 +196,8 @@ def _fmt(x: Any) -> str:
 
 
 def _invocation(command: str, scenario: str | None, set_: list[str] | None, **opts: Any) -> str:
-    """The exact command line that reproduces a run, from the arguments it was given."""
+    """The command line that reproduces a run, from the arguments it was given; without --out
+    (where a run writes does not change its results, and results.json must not depend on it)."""
     import shlex
 
     parts = ["privlab", command] + ([scenario] if scenario else [])
@@ -266,7 +267,7 @@ def run(
     """Run a scenario: train every variant, run its attacks, write results.json and report.html."""
     from privlab.scenario import load_scenario
 
-    command = _invocation("run", scenario, set_, seed=seed, out=out)
+    command = _invocation("run", scenario, set_, seed=seed)
     results = _execute(load_scenario(scenario, set_, seed), out, quiet, threads, command)
     breaches = _breaches(results)
     if breaches:
@@ -317,7 +318,7 @@ def sweep(
     raw["variants"] = variants
     raw["name"] = f"{base.name}-sweep"
     raw["expectations"] = []
-    command = _invocation("sweep", scenario, set_, param=param, seed=seed, out=out)
+    command = _invocation("sweep", scenario, set_, param=param, seed=seed)
     _execute(build_scenario(raw), out, quiet, threads, command)
 
 
