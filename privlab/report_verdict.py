@@ -125,8 +125,7 @@ def adversary_sentence(attack_id: str, entry: dict[str, Any]) -> str:
         text += f" and knows {', '.join(knowledge)}"
     if party := _party(entry):
         text += f"; it targets {party}"
-    name = str(entry.get("name") or attack_id)
-    return f"{text} ({name}{'' if name == attack_id else f', id {attack_id}'})."
+    return f"{text}."
 
 
 def attack_sentence(entry: dict[str, Any], g: Grade, accuracy: float | None) -> str:
@@ -311,13 +310,21 @@ def overall(verdicts_: list[VariantVerdict]) -> tuple[str, list[str]]:
 
 
 def adversaries(results: dict[str, Any]) -> list[tuple[str, str]]:
-    """(attack id, one-sentence adversary) for every attack, in order of appearance."""
+    """(attacks, one-sentence adversary) in order of appearance; attacks that share an
+    adversary share its sentence ("idlg, ig (inverting_gradients)")."""
     seen: dict[str, str] = {}
+    ids: set[str] = set()
     for v in _dict(results.get("variants")).values():
         for aid, entry in _dict(_dict(v).get("attacks")).items():
-            if str(aid) not in seen:
-                seen[str(aid)] = adversary_sentence(str(aid), _dict(entry))
-    return list(seen.items())
+            if str(aid) not in ids:
+                ids.add(str(aid))
+                name = str(_dict(entry).get("name") or aid)
+                label = str(aid) if name == str(aid) else f"{aid} ({name})"
+                seen[label] = adversary_sentence(str(aid), _dict(entry))
+    grouped: dict[str, list[str]] = {}
+    for label, sentence in seen.items():
+        grouped.setdefault(sentence, []).append(label)
+    return [(", ".join(labels), sentence) for sentence, labels in grouped.items()]
 
 
 def headline(entry: dict[str, Any], g: Grade) -> tuple[str, str]:

@@ -257,7 +257,7 @@ def test_diverged_variant_and_invocation(results: dict[str, Any]) -> None:
     assert "diverged at round 3" in out and "Training diverged" in out
     assert '<tr class="diverged">' in out
     assert "privlab run fedavg-mia --set topology.rounds=5" in out
-    assert "The exact command this run was started with." in out
+    assert "The exact command this run was started with" in out
     fallback = report.render_report(results)
     assert "privlab run fedavg-mia --seed 7" in fallback and "did not record" in fallback
 
