@@ -109,6 +109,16 @@ datasets.register(
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",
 )
 
+datasets.register(
+    "next_word",
+    "privlab.data_next_word:load_next_word",
+    "synthetic per-user phone typing from a grammar (user vocabularies, styles, PIN canaries)",
+)
+models.register(
+    "next_word",
+    "privlab.models_text:build_next_word",
+    "next-word model: token embeddings (concat or GRU), hidden layer, softmax over the vocabulary",
+)
 models.register(
     "logreg", "privlab.models:build_logreg", "multinomial logistic regression (one linear layer)"
 )
@@ -173,6 +183,16 @@ attacks.register(
     "dp_audit",
     "privlab.audit:CanaryAudit",
     "empirical DP audit: canaries in one client, Clopper-Pearson lower bound on epsilon",
+)
+attacks.register(
+    "canary_exposure",
+    "privlab.attacks.text_leakage:CanaryExposureAttack",
+    "exposure of a canary secret in the released next-word model (Carlini et al. 2019); outsider",
+)
+attacks.register(
+    "word_leak",
+    "privlab.attacks.text_leakage:WordLeakAttack",
+    "words a user typed, from the embedding rows of their update (Melis et al. 2019); server",
 )
 attacks.register(
     "label_flip",
