@@ -41,10 +41,7 @@ class NextWordModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self.embedding(x.long())  # token ids arrive as floats (privlab's data contract)
-        if self.encoder == "gru":
-            h = self.gru(e)[0][:, -1]
-        else:
-            h = e.flatten(1)
+        h = self.gru(e)[0][:, -1] if self.encoder == "gru" else e.flatten(1)
         return self.out(torch.relu(self.hidden(h)))
 
 
