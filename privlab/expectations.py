@@ -46,7 +46,8 @@ def check_expectation_paths(scenario: Scenario, attacks: dict[str, list[Attack]]
             continue  # other heads are refused while the scenario is read
         if len(parts) < 3 or (parts[2] == "metrics" and len(parts) < 4):
             raise ScenarioError(f"{field}: '{e.metric}' must be attacks.<attack id>.<metric>")
-        aid, metric = parts[1], parts[3] if parts[2] == "metrics" else parts[2]
+        # Metric keys may hold dots themselves (`tpr_at_0.1pct_fpr`): the rest is the metric.
+        aid, metric = parts[1], ".".join(parts[3:] if parts[2] == "metrics" else parts[2:])
         for vname in [e.variant] if e.variant else list(attacks):
             by_id = {a.id: a for a in attacks[vname]}
             if aid not in by_id:
@@ -57,11 +58,12 @@ def check_expectation_paths(scenario: Scenario, attacks: dict[str, list[Attack]]
                     f"(attack ids: {', '.join(ids) or 'none'})"
                 )
             names = metric_vocabulary(by_id[aid])
-            if names is not None and metric not in names:
+            known = names is None or any(metric == n or metric.startswith(f"{n}.") for n in names)
+            if not known:
                 raise ScenarioError(
                     f"{field}: attack '{aid}' ({by_id[aid].spec.name}) reports no metric "
-                    f"'{metric}'{_hint([metric], sorted(names))} "
-                    f"(its metrics: {', '.join(_plain(names))})"
+                    f"'{metric}'{_hint([metric], sorted(names or ()))} "
+                    f"(its metrics: {', '.join(_plain(names or set()))})"
                 )
 
 

@@ -1,8 +1,10 @@
 """The schema of results.json (version 1) as pydantic models, checked whenever a file is read.
 
 `privlab check`, `privlab report` and the Python API read results files that a user may have
-edited by hand. These models are strict on the core fields every reader relies on (their types,
-and that they are present) and permissive elsewhere: other parts of privlab add keys (fairness,
+edited by hand. These models are strict on the types of the core fields every reader relies on,
+require the few that readers cannot do without (the scenario's name; per variant the final
+accuracy and the attacks' metrics; every field of an expectation's outcome), and are permissive
+elsewhere: other parts of privlab add keys (fairness,
 confidence intervals, baselines, topology extras), and an extra key is never an error. A file
 that does not fit is refused with one line naming the first wrong field.
 
@@ -33,9 +35,9 @@ class _Open(BaseModel):
 
 
 class RoundRow(_Open):
-    round: Int
-    accuracy: Num | None
-    loss: Num | None
+    round: Int | None = None
+    accuracy: Num | None = None
+    loss: Num | None = None
     participants: Int | None = None
     epsilon: Num | None = None
 
@@ -44,7 +46,7 @@ class Utility(_Open):
     final_accuracy: Num | None
     final_loss: Num | None = None
     train_loss: Num | None = None
-    per_round: list[RoundRow]
+    per_round: list[RoundRow] = Field(default_factory=list)
     per_client_accuracy: dict[str, Num | None] | None = None
     per_group_accuracy: dict[str, Num | None] | None = None
     client_accuracy_gap: Num | None = None
@@ -52,9 +54,9 @@ class Utility(_Open):
 
 
 class AttackEntry(_Open):
-    name: Str
-    family: Str
-    threat_model: dict[str, Any]
+    name: Str | None = None
+    family: Str | None = None
+    threat_model: dict[str, Any] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, MetricValue]
     artifacts: dict[str, Any] = Field(default_factory=dict)
@@ -62,7 +64,7 @@ class AttackEntry(_Open):
 
 
 class Privacy(_Open):
-    epsilon: Num | None
+    epsilon: Num | None = None
     delta: Num | None = None
     accountant: Str | None = None
     approximate: bool = False
@@ -70,8 +72,8 @@ class Privacy(_Open):
 
 
 class Cost(_Open):
-    bytes_per_round: list[Int]
-    bytes_total: Int
+    bytes_per_round: list[Int] = Field(default_factory=list)
+    bytes_total: Int | None = None
     seconds: Num | None = None
     seconds_per_round: list[Num | None] = Field(default_factory=list)
 
@@ -95,7 +97,7 @@ class VariantResult(_Open):
     utility: Utility
     attacks: dict[str, AttackEntry]
     privacy: Privacy | None = None
-    cost: Cost
+    cost: Cost | None = None
     notes: list[Str] = Field(default_factory=list)
     robustness: Robustness | None = None
     topology: dict[str, Any] | None = None
@@ -104,9 +106,9 @@ class VariantResult(_Open):
 class ExpectationResult(_Open):
     metric: Str
     variant: Str
-    min: Num | None = None
-    max: Num | None = None
-    actual: Num | None = None
+    min: Num | None
+    max: Num | None
+    actual: Num | None
     passed: bool
 
 
@@ -116,9 +118,9 @@ class ScenarioInfo(_Open):
 
 class Results(_Open):
     schema_version: Literal[1]
-    privlab_version: Str
+    privlab_version: Str | None = None
     scenario: ScenarioInfo
-    seed: Int
+    seed: Int | None = None
     versions: dict[str, Str] = Field(default_factory=dict)
     variants: dict[str, VariantResult]
     expectations: list[ExpectationResult] = Field(default_factory=list)

@@ -415,9 +415,22 @@ RESULTS_CASES = [
         ("variants.plain.utility.per_round",),
     ),
     (
+        "missing-metrics",
+        _del(["variants", "plain", "attacks", "mia_loss", "metrics"]),
+        ("variants.plain.attacks.mia_loss.metrics", "missing"),
+    ),
+    (
+        "round-is-text",
+        _put(["variants", "plain", "utility", "per_round", 0, "round"], "one"),
+        ("variants.plain.utility.per_round.0.round",),
+    ),
+    (
         "expectation-passed-missing",
-        _put(["expectations"], [{"metric": "utility.final_accuracy", "variant": "plain"}]),
-        ("expectations.0.passed", "missing"),
+        _put(
+            ["expectations"],
+            [{"metric": "utility.final_accuracy", "variant": "plain", "min": 0, "max": 1}],
+        ),
+        ("expectations.0.actual", "missing"),
     ),
     ("scenario-name-number", _put(["scenario", "name"], 5), ("scenario.name",)),
     ("bytes-total-text", _put(["variants", "plain", "cost", "bytes_total"], "9"), ("bytes_total",)),
@@ -448,7 +461,7 @@ def test_extra_keys_in_results_are_fine(results_file: Path, tmp_path: Path) -> N
         d["extra_top_level"] = True
 
     path = edited(results_file, tmp_path, add)
-    assert runner.invoke(app, ["check", path]).exit_code == 0
+    assert runner.invoke(app, ["check", path]).exit_code in (0, 1)  # 1: nothing to check
     assert runner.invoke(app, ["report", path, "--out", str(tmp_path / "r.html")]).exit_code == 0
 
 
@@ -485,7 +498,11 @@ OTHER_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]
         lambda r, t: ["check", file_with(t, "x.json", b'{"a": "\xff"}')],
         ("not valid JSON",),
     ),
-    ("results-is-a-directory", lambda r, t: ["check", str(t)], ("is a directory",)),
+    (
+        "results-is-a-directory",
+        lambda r, t: ["report", str(t)],
+        ("results:", "is a directory"),
+    ),
     ("results-missing", lambda r, t: ["report", str(t / "nope.json")], ("does not exist",)),
     ("show-name-dot-dot", lambda r, t: ["show", "--set", 'name=".."'], ("name",)),
 ]
@@ -509,3 +526,25 @@ def test_report_out_in_a_read_only_folder(results_file: Path, tmp_path: Path) ->
     locked.mkdir(mode=0o500)
     result = runner.invoke(app, ["report", str(results_file), "--out", str(locked / "r.html")])
     assert_one_line(result, 2, ("--out", "cannot write"))
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        "attacks.mia_loss.auc",
+        "attacks.mia_loss.metrics.auc",
+        "attacks.mia_loss.tpr_at_0.1pct_fpr",  # a metric key holding a dot
+        "attacks.mia_loss.auc_ci.0",
+        "attacks.mia_loss.auc_baseline",
+        "utility.final_accuracy",
+        "utility.per_client_accuracy.0",
+        "cost.bytes_total",
+        "privacy.epsilon",
+    ],
+)
+def test_expectations_that_can_be_met_are_accepted(metric: str) -> None:
+    from privlab.runner import ScenarioRun
+    from privlab.scenario import load_scenario
+
+    scenario = load_scenario(None, [f'expectations=[{{metric="{metric}", min=0}}]'])
+    assert len(ScenarioRun(scenario).variants) == 3  # prepared, nothing refused
