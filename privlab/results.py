@@ -10,6 +10,8 @@ Layout (schema 1)::
       "versions": {"python": ..., "torch": ..., "opacus": ..., ...},
       "variants": {
         "<variant>": {
+          "status": "ok" | "diverged",   (diverged: loss became NaN/inf; training stopped,
+          "diverged_at_round": int,        no attack ran; only present when diverged)
           "defenses": [{"name": ..., "id": ..., "params": {...}}],
           "utility": {"final_accuracy": f, "final_loss": f,
                       "per_round": [{"round": 1, "accuracy": f, "loss": f}, ...]},
@@ -29,6 +31,10 @@ Layout (schema 1)::
                         "actual": f | null, "passed": bool}],
       "timing": {"started": "ISO time", "seconds": f}
     }
+
+No number in the file is NaN or infinite: such a value is stored as null, with a note saying
+where. `privlab.results_schema` holds the schema as pydantic models; `read_results` checks it.
+The two files of an output folder are replaced together (`privlab.publish`).
 
 Timing fields (any key named ``seconds``, ``seconds_per_round``, ``timing``, or ending in
 ``_seconds``) are the only ones allowed to differ between two runs of the same scenario and seed.
