@@ -294,7 +294,7 @@ def _format_validation_error(exc: ValidationError, model: type[BaseModel], prefi
         return f"{field}: unknown field{hint} ({allowed_text})"
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-    return f"{field}: {err['msg']}{shown}"
+    return f"{field}: {err['msg'].removeprefix('Value error, ')}{shown}"
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -231,6 +231,29 @@ RUN_CASES: list[tuple[str, Make, int, tuple[str, ...]]] = [
         2,
         ("data.params.path", "character device"),
     ),
+    (
+        "ledger-tamper-entry-that-cannot-exist",
+        lambda t: s(
+            'topology.name="swarm"',
+            'variants=[{name="v"}]',
+            "expectations=[]",
+            'attacks=[{name="ledger_tamper", params={entry=999, at_round=2}}]',
+        ),
+        2,
+        ("attacks.0.params.entry", "cannot exist", "at most 11 entries"),
+    ),
+    (
+        "ledger-tamper-after-the-last-round",
+        lambda t: s(
+            'topology.name="swarm"',
+            "topology.rounds=3",
+            'variants=[{name="v"}]',
+            "expectations=[]",
+            'attacks=[{name="ledger_tamper", params={entry=1, at_round=9}}]',
+        ),
+        2,
+        ("attacks.0.params.at_round", "never comes"),
+    ),
     # ---- names that would leave the reports folder
     ("name-dot-dot", lambda t: s('name=".."'), 2, ("name", "folder name")),
     ("name-dot", lambda t: s('name="."'), 2, ("name", "folder name")),
