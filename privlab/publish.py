@@ -8,7 +8,9 @@ that call is missing (another OS, a file system without it) the old folder is re
 and the staged one renamed into place; a run killed between those two renames leaves the old
 folder aside under a name that the next write to the same folder puts back.
 
-Whatever a kill -9 interrupts, the folder is as it was or complete. Leftovers (staging folders,
+Whatever a kill -9 interrupts, the folder is as it was or complete. Two cases cannot move the
+folder and fall back to one atomic rename per file (results.json last): the folder is (or
+holds) the working directory, or it is a mount point. Leftovers (staging folders,
 `.tmp` files) carry their writer's process id and are removed by the next write once that
 process is gone. Files and folders get the permissions the umask allows (0644 / 0755 under the
 usual 022), as any other program's output would.
@@ -68,6 +70,9 @@ def publish_folder(folder: Path, files: dict[str, str]) -> None:
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     clean_stale(folder)
+    if folder.is_dir() and (folder == Path.cwd() or folder in Path.cwd().parents):
+        _write_in_place(folder, files)  # moving the working directory would strand its users
+        return
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.{STAGING}-{os.getpid()}-", dir=parent))
     try:
         existed = folder.is_dir()
@@ -82,8 +87,20 @@ def publish_folder(folder: Path, files: dict[str, str]) -> None:
         elif not _exchange(staging, folder):
             _swap_by_renames(staging, folder)
         _fsync_dir(parent)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        _write_in_place(folder, files)  # a mount point cannot be renamed
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # after a swap it holds the old files
+
+
+def _write_in_place(folder: Path, files: dict[str, str]) -> None:
+    """Last resort where the folder itself cannot move (the working directory, a mount point):
+    each file atomically, results last, so a kill in between leaves the old results beside
+    the new report, never half a file."""
+    for name in sorted(files, key=lambda n: n == "results.json"):
+        atomic_write_text(folder / name, files[name])
 
 
 def _write_file(path: Path, text: str) -> None:

@@ -240,3 +240,15 @@ def test_kill_9_during_privlab_run(tmp_path: Path) -> None:
             assert data["scenario"]["name"] == "scenario" and "<html" in got["report.html"]
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert leftovers(folder) == []
+
+
+def test_the_working_directory_is_written_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "here"
+    publish_folder(folder, OLD)
+    monkeypatch.chdir(folder)
+    inode = folder.stat().st_ino
+    publish_folder(Path("."), NEW)
+    assert folder.stat().st_ino == inode and Path.cwd() == folder  # not moved away
+    assert state(folder) == NEW and leftovers(folder) == []
