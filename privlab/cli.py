@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -139,12 +138,6 @@ OutOpt = Annotated[
     Path | None,
     typer.Option("--out", help="Output folder (default: reports/<scenario name>)."),
 ]
-
-
-def _finite(value: float, name: str) -> float:
-    if not math.isfinite(value):
-        raise typer.BadParameter(f"must be a finite number, got {value}", param_hint=name)
-    return value
 
 
 def _output_dir(out: Path | None, name: str) -> Path:
