@@ -189,8 +189,18 @@ def attack_sentence(entry: dict[str, Any], g: Grade, accuracy: float | None) -> 
             if accuracy is not None:
                 text += f"; clean accuracy {accuracy:.3f}"
     else:
-        shown = [(k, v) for k, v in m.items() if number(v) is not None][:3]
-        text = f"{who}: " + ", ".join(f"{k} = {number(v):.3g}" for k, v in shown)
+        gained = [
+            k for k in m if number(m.get(f"{k}_gain")) is not None and number(m[k]) is not None
+        ]
+        if gained:  # metrics with a know-nothing baseline first: they say how much was learned
+            text = f"{who}: " + ", ".join(
+                f"{k.replace('_', ' ')} {number(m[k]):.3g} ({number(m[f'{k}_gain']):+.3g} over "
+                f"a know-nothing guess)"
+                for k in gained[:2]
+            )
+        else:
+            shown = [(k, v) for k, v in m.items() if number(v) is not None][:3]
+            text = f"{who}: " + ", ".join(f"{k} = {number(v):.3g}" for k, v in shown)
     if g.level == "not graded":
         return f"{text}: not graded"
     return f"{text}: {g.level}"

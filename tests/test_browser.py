@@ -72,6 +72,7 @@ def test_report_is_clean_and_escapes_script(port: str, tmp_path: Path, results: 
     data = copy.deepcopy(results)
     evil = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
     data["scenario"]["description"] = evil
+    data["scenario"]["name"] = "<script>window.__pwned = 3</script>"
     path = tmp_path / "report.html"
     write_report(data, path)
     found = check_page(
@@ -81,10 +82,15 @@ def test_report_is_clean_and_escapes_script(port: str, tmp_path: Path, results: 
         evaluate={
             "pwned": "typeof window.__pwned",
             "shown": "document.body.innerText.includes('<script>window.__pwned = 1</script>')",
+            "title": "document.querySelector('h1').textContent",
         },
     )
     assert found.problems() == [], "\n".join(found.problems())
-    assert found.values == {"pwned": "undefined", "shown": True}
+    assert found.values == {
+        "pwned": "undefined",
+        "shown": True,
+        "title": "<script>window.__pwned = 3</script>",
+    }
 
 
 @pytest.mark.slow
