@@ -198,7 +198,7 @@ def _summary_table(results: dict[str, Any]) -> Table:
     from privlab import grading
     from privlab.report_verdict import headline
 
-    overrides = ((results["scenario"].get("report") or {}).get("grading")) or {}
+    overrides = grading.overrides_of(results)
     table = Table(
         title=f"privlab · {results['scenario']['name']}",
         box=box.SIMPLE_HEAD,

@@ -34,6 +34,14 @@ def _variants(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(k): x for k, x in v.items() if isinstance(x, dict)} if isinstance(v, dict) else {}
 
 
+def _d(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _l(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def _num(v: Any) -> float | None:
     return grading.number(v)
 
@@ -42,14 +50,14 @@ def membership_attacks(results: Mapping[str, Any]) -> list[str]:
     """Attack ids with a ROC curve in at least one variant, in order of appearance."""
     out: list[str] = []
     for v in _variants(results).values():
-        for aid, a in (v.get("attacks") or {}).items():
-            if isinstance(((a or {}).get("artifacts") or {}).get("roc"), dict):
+        for aid, a in _d(v.get("attacks")).items():
+            if isinstance(_d(_d(a).get("artifacts")).get("roc"), dict):
                 out.append(str(aid))
     return list(dict.fromkeys(out))
 
 
 def _roc(entry: Any) -> tuple[list[float], list[float]] | None:
-    roc = ((entry or {}).get("artifacts") or {}).get("roc") if isinstance(entry, dict) else None
+    roc = _d(_d(entry).get("artifacts")).get("roc") if isinstance(entry, dict) else None
     if not isinstance(roc, dict):
         return None
     fpr, tpr = roc.get("fpr"), roc.get("tpr")
@@ -64,9 +72,7 @@ def roc_floor(results: Mapping[str, Any], attack_ids: list[str]) -> tuple[float,
     ns = []
     for v in _variants(results).values():
         for aid in attack_ids:
-            n = _num(
-                (((v.get("attacks") or {}).get(aid) or {}).get("metrics") or {}).get("n_nonmembers")
-            )
+            n = _num(_d(_d(_d(v.get("attacks")).get(aid)).get("metrics")).get("n_nonmembers"))
             if n and n > 0:
                 ns.append(int(n))
     return (1 / (2 * max(ns)), min(ns)) if ns else (1e-3, None)
@@ -84,11 +90,11 @@ def roc(
     line_colours: dict[str, str] = {}
     for name, v in _variants(results).items():
         for k, aid in enumerate(ids):
-            entry = (v.get("attacks") or {}).get(aid)
+            entry = _d(v.get("attacks")).get(aid)
             curve = _roc(entry)
             if curve is None:
                 continue
-            auc = _num(((entry or {}).get("metrics") or {}).get("auc"))
+            auc = _num(_d(_d(entry).get("metrics")).get("auc"))
             label = name if attack_id else f"{name} / {aid}"
             label += f" (AUC {auc:.3f})" if auc is not None else ""
             series[label] = curve
@@ -102,7 +108,7 @@ def roc(
             (
                 e
                 for v in _variants(results).values()
-                if isinstance(e := (v.get("attacks") or {}).get(attack_id), dict)
+                if isinstance(e := _d(v.get("attacks")).get(attack_id), dict)
             ),
             {},
         )
@@ -134,7 +140,7 @@ def roc(
 def _per_round(results: Mapping[str, Any], key: str) -> dict[str, tuple[list[float], list[float]]]:
     series = {}
     for name, v in _variants(results).items():
-        rounds = (v.get("utility") or {}).get("per_round") or []
+        rounds = _l(_d(v.get("utility")).get("per_round"))
         pts = [(_num(r.get("round")), _num(r.get(key))) for r in rounds if isinstance(r, dict)]
         pts = [(x, y) for x, y in pts if x is not None and y is not None]
         if pts:
@@ -167,16 +173,16 @@ def epsilon(results: Mapping[str, Any], *, ax: Axes | None = None) -> Figure | N
 def leakage_points(results: Mapping[str, Any]) -> tuple[str, dict[str, tuple[float, float]]]:
     """(what is graded, variant -> (accuracy, leakage)) for the first graded attack family that
     most variants report: the numbers the trade-off plot shows."""
-    overrides = ((results.get("scenario") or {}).get("report") or {}).get("grading") or {}
+    overrides = grading.overrides_of(results)
     by_attack: dict[str, dict[str, tuple[float, float]]] = {}
     what: dict[str, str] = {}
     for name, v in _variants(results).items():
-        acc = _num((v.get("utility") or {}).get("final_accuracy"))
+        acc = _num(_d(v.get("utility")).get("final_accuracy"))
         if acc is None or v.get("status") == "diverged":
             continue
-        for aid, a in (v.get("attacks") or {}).items():
+        for aid, a in _d(v.get("attacks")).items():
             a = a if isinstance(a, dict) else {}
-            g = grading.grade(str(a.get("family") or ""), a.get("metrics") or {}, overrides)
+            g = grading.grade(str(a.get("family") or ""), _d(a.get("metrics")), overrides)
             if g.value is None:
                 continue
             by_attack.setdefault(str(aid), {})[name] = (acc, g.value)
@@ -231,7 +237,7 @@ def _bars(
     table = {
         name: {str(k): f for k, x in d.items() if (f := _num(x)) is not None}
         for name, v in _variants(results).items()
-        if isinstance(d := (v.get("utility") or {}).get(key), dict) and d
+        if isinstance(d := _d(v.get("utility")).get(key), dict) and d
     }
     table = {k: d for k, d in table.items() if d}
     if not table:

@@ -97,9 +97,19 @@ def check_overrides(grading: Mapping[str, Any]) -> None:
             )
 
 
+def overrides_of(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The scenario's ``report.grading`` table in a results.json ({} when absent or malformed:
+    a hand-edited file must not break the report)."""
+    scenario = results.get("scenario")
+    report = scenario.get("report") if isinstance(scenario, Mapping) else None
+    found = report.get("grading") if isinstance(report, Mapping) else None
+    return dict(found) if isinstance(found, Mapping) else {}
+
+
 def bands_for(family: str, overrides: Mapping[str, Any] | None = None) -> dict[str, float]:
     bands = dict(DEFAULT_BANDS[family])
-    for band, value in dict((overrides or {}).get(family) or {}).items():
+    given = (overrides or {}).get(family) if isinstance(overrides, Mapping) else None
+    for band, value in (given if isinstance(given, Mapping) else {}).items():
         if band in bands and (f := number(value)) is not None:
             bands[band] = f
     return bands

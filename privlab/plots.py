@@ -80,7 +80,8 @@ def variant_colours(results: Mapping[str, Any]) -> dict[str, str]:
     variants ("<base>|<param>=<value>") take their base's colour (and the base name is mapped
     too), so one aggregator or defense is one colour across the grid; markers tell the grid
     points apart (:func:`variant_markers`)."""
-    names = [str(k) for k in dict(results.get("variants") or {})]
+    v = results.get("variants")
+    names = [str(k) for k in v] if isinstance(v, dict) else []
     bases = list(dict.fromkeys(n.split("|")[0] for n in names))
     base_colour = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(bases)}
     out = {n: base_colour[n.split("|")[0]] for n in names}
@@ -89,7 +90,8 @@ def variant_colours(results: Mapping[str, Any]) -> dict[str, str]:
 
 def variant_markers(results: Mapping[str, Any]) -> dict[str, str]:
     """Variant name -> marker: by grid point in a sweep, else by how often the palette cycled."""
-    names = [str(k) for k in dict(results.get("variants") or {})]
+    v = results.get("variants")
+    names = [str(k) for k in v] if isinstance(v, dict) else []
     points = list(dict.fromkeys(n.partition("|")[2] for n in names))
     if len(points) > 1:
         return {n: MARKERS[points.index(n.partition("|")[2]) % len(MARKERS)] for n in names}

@@ -317,7 +317,7 @@ def report_context(results: dict[str, Any]) -> dict[str, Any]:
         str(k): dict(v) for k, v in as_dict(results.get("variants")).items() if isinstance(v, dict)
     }
     columns = _attack_columns(scenario, variants)
-    overrides = as_dict(as_dict(scenario.get("report")).get("grading"))
+    overrides = grading.overrides_of(results)
     _headline_cells(variants, columns, overrides)
     raw_expectations = as_list(results.get("expectations"))
     expectations = [_expectation(e) for e in raw_expectations if isinstance(e, dict)]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from privlab import figures, grading, plots
+from privlab.figures import _d
 
 _STYLE_WORDS = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
 
@@ -46,9 +47,7 @@ def roc_caption(results: dict[str, Any], ids: list[str], overlay: bool) -> str:
     best: tuple[float, str, str] | None = None
     for name, v in _variants(results).items():
         for aid in ids:
-            auc = grading.number(
-                (((v.get("attacks") or {}).get(aid) or {}).get("metrics") or {}).get("auc")
-            )
+            auc = grading.number(_d(_d(_d(v.get("attacks")).get(aid)).get("metrics")).get("auc"))
             if auc is not None and (best is None or abs(auc - 0.5) > abs(best[0] - 0.5)):
                 best = (auc, name, aid)
     _, n_min = figures.roc_floor(results, ids)
@@ -77,9 +76,9 @@ def epsilon_caption(results: dict[str, Any]) -> str:
     finals = {n: ys[-1] for n, (_, ys) in series.items()}
     acct = sorted(
         {
-            str((v.get("privacy") or {}).get("accountant"))
+            str(_d(v.get("privacy")).get("accountant"))
             for n, v in _variants(results).items()
-            if n in series and (v.get("privacy") or {}).get("accountant")
+            if n in series and _d(v.get("privacy")).get("accountant")
         }
     )
     parts = ", ".join(f"{n} {e:.2f}" for n, e in finals.items())
@@ -101,8 +100,8 @@ def tradeoff_caption(results: dict[str, Any]) -> str:
 def bars_caption(results: dict[str, Any], key: str, what: str) -> str:
     gaps = []
     for name, v in _variants(results).items():
-        d = (v.get("utility") or {}).get(key)
-        vals = {str(k): f for k, x in (d or {}).items() if (f := grading.number(x)) is not None}
+        d = _d(v.get("utility")).get(key)
+        vals = {str(k): f for k, x in _d(d).items() if (f := grading.number(x)) is not None}
         if len(vals) >= 2:
             lo, hi = min(vals, key=vals.get), max(vals, key=vals.get)
             gaps.append((vals[hi] - vals[lo], name, lo, vals[lo], hi, vals[hi]))

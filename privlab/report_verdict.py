@@ -67,6 +67,10 @@ def _dict(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def _pct(f: float) -> str:
     return f"{f:.1%}".replace(".0%", "%")
 
@@ -206,10 +210,6 @@ def attack_sentence(entry: dict[str, Any], g: Grade, accuracy: float | None) -> 
     return f"{text}: {g.level}"
 
 
-def _grading(results: dict[str, Any]) -> dict[str, Any]:
-    return _dict(_dict(_dict(results.get("scenario")).get("report")).get("grading"))
-
-
 def _reference(name: str, variants: dict[str, dict[str, Any]]) -> str | None:
     """The undefended variant to compare `name` against (None when there is none)."""
     undefended = [
@@ -274,7 +274,7 @@ def _benefit(
 def verdicts(results: dict[str, Any], fmt_s: Any = str, fmt_b: Any = str) -> list[VariantVerdict]:
     """One verdict per variant, in the results' order."""
     variants = {str(k): v for k, v in _dict(results.get("variants")).items() if isinstance(v, dict)}
-    overrides = _grading(results)
+    overrides = grading.overrides_of(results)
     out: dict[str, VariantVerdict] = {}
     for name, v in variants.items():
         acc = number(_dict(v.get("utility")).get("final_accuracy"))
@@ -283,7 +283,7 @@ def verdicts(results: dict[str, Any], fmt_s: Any = str, fmt_b: Any = str) -> lis
             name=name,
             status=str(v.get("status") or "ok"),
             diverged_at=v.get("diverged_at_round"),
-            defenses=", ".join(str(_dict(d).get("name") or "?") for d in v.get("defenses") or []),
+            defenses=", ".join(str(_dict(d).get("name") or "?") for d in _list(v.get("defenses"))),
             accuracy=acc,
             epsilon=number(p.get("epsilon")),
             epsilon_approximate=bool(p.get("approximate")),
