@@ -10,7 +10,8 @@ Attacks (all honest-but-curious: they only read messages; adversary "server" or 
   record is the one whose last-layer bias gradient is negative (softmax + cross-entropy give
   p - y); then DLG with that label fixed.
 - Inverting Gradients, Geiping et al. 2020 (NeurIPS): cosine distance between gradients plus
-  total variation of the image, Adam on signed gradients, boxed to the data range, restarts;
+  total variation of the image, Adam on signed gradients, boxed to the data range (taken from
+  the adversary's population data, never from the victims' records), restarts;
   labels extracted as in iDLG. Their multi-step FedAvg setting is handled by simulating the
   client's local steps inside the objective (the "fedavg" target below).
 - Analytic recovery of a fully connected layer's input (Phong et al. 2017; Geiping et al.
@@ -27,7 +28,9 @@ What they attack, exactly as observed on the wire:
 - if a client colludes and hands the server the secret key, individual updates decrypt again.
 
 The attack returns reconstructions; the referee (runner) grades them against the true records
-of the clients each attempt names (PSNR, SSIM, MSE after Hungarian matching; label accuracy).
+of the clients each attempt names (PSNR, SSIM, MSE after Hungarian matching; label accuracy),
+each beside its know-nothing baseline: the population mean image (and majority class) graded
+the same way, `m_baseline`, with `m_gain` and bootstrap CIs over the reconstructed records.
 Qualitative results reproduced in tests: iDLG labels are right at batch 1; DLG / Inverting
 Gradients reach >= 30 dB PSNR on an undefended 8x8-digits MLP update; the aggregate of many
 clients and strong pruning or noise push PSNR down.

@@ -95,6 +95,7 @@ class LabelScores(RefereeGraded):
         from privlab.baseline_stats import (
             BOOTSTRAP,
             bootstrap_mean_ci,
+            cluster_share_ci,
             majority_share,
             with_share_baseline,
         )
@@ -126,11 +127,17 @@ class LabelScores(RefereeGraded):
         pooled = float(roc_auc_score(pooled_y, pooled_s))
         metrics.update(pooled_auc=pooled, pooled_auc_baseline=0.5, pooled_auc_gain=pooled - 0.5)
         if self.predicted is not None:
-            pred = np.concatenate([self.predicted[k] for k in keys])
-            hits = int((pred == pooled_y).sum())
-            out, how = with_share_baseline("accuracy", hits, len(pred), majority_share(pooled_y))
+            hits = np.array([(self.predicted[k] == (labels[k] == positive)).sum() for k in keys])
+            sizes = np.array([len(labels[k]) for k in keys])
+            out, _ = with_share_baseline(
+                "accuracy", int(hits.sum()), int(sizes.sum()), majority_share(pooled_y)
+            )
+            out.pop("accuracy_ci", None)  # records recur across rounds: not independent trials
+            ci = cluster_share_ci(hits, sizes, seed=self.seed)
+            if ci is not None:
+                out["accuracy_ci"] = ci
+                methods["accuracy"] = BOOTSTRAP.format(unit="batches")
             metrics.update(out)
-            methods.update(how)
         metrics.update(
             positive_class=positive,
             positive_share=float(pooled_y.mean()),

@@ -4,7 +4,8 @@ Conventions shared by every attack family: for a metric `m`, `m_baseline` is the
 data-free guess (chance, the class prior, the population mean image) graded exactly like the
 attack, `m_gain = m - m_baseline`, `m_ci` and `m_gain_ci` are two-sided 95% intervals. The
 intervals are percentile bootstraps over the graded units (records or batches; the gain's is a
-paired bootstrap of per-unit differences) or Clopper-Pearson for a share of independent trials.
+paired bootstrap of per-unit differences), Clopper-Pearson for a share of independent trials,
+or a cluster bootstrap for a share whose trials are grouped (batches).
 """
 
 from __future__ import annotations
@@ -98,6 +99,22 @@ def with_share_baseline(
         out[f"{name}_ci"] = ci
         methods[name] = CLOPPER_PEARSON
     return out, methods
+
+
+def cluster_share_ci(
+    hits: np.ndarray, sizes: np.ndarray, *, seed: int = 0, n_resamples: int = 2000
+) -> list[float] | None:
+    """95% percentile-bootstrap interval of a pooled share sum(hits) / sum(sizes), resampling
+    whole clusters (e.g. batches), for trials that are not independent within a cluster."""
+    h = np.asarray(hits, dtype=np.float64)
+    n = np.asarray(sizes, dtype=np.float64)
+    if len(h) < 2 or n.sum() <= 0:
+        return None
+    rng = np.random.default_rng([seed, 89])
+    idx = rng.integers(0, len(h), size=(n_resamples, len(h)))
+    shares = h[idx].sum(axis=1) / np.maximum(n[idx].sum(axis=1), 1e-300)
+    lo, hi = np.percentile(shares, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def majority_share(labels: np.ndarray) -> float:

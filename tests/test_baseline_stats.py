@@ -53,3 +53,19 @@ def test_scored_gain_is_paired_and_share_baseline_is_the_prior() -> None:
     assert set(methods) == {"psnr", "psnr_gain"}
     out, _ = with_share_baseline("accuracy", 30, 40, majority_share(np.array([0] * 3 + [1])))
     assert out["accuracy_baseline"] == 0.75 and out["accuracy_gain"] == pytest.approx(0.0)
+
+
+def test_cluster_share_ci_widens_for_correlated_trials() -> None:
+    """Trials grouped in clusters that succeed or fail together carry less information than
+    independent ones: the cluster bootstrap is wider than Clopper-Pearson on the same share,
+    and with singleton clusters it is close to it."""
+    from privlab.baseline_stats import cluster_share_ci
+
+    hits = np.array([10] * 12 + [0] * 8)  # 20 batches of 10, all-or-nothing
+    sizes = np.full(20, 10)
+    lo, hi = cluster_share_ci(hits, sizes)
+    cp_lo, cp_hi = clopper_pearson(120, 200)
+    assert lo < cp_lo and hi > cp_hi and lo < 0.6 < hi
+    single = np.array([1] * 120 + [0] * 80)
+    lo1, hi1 = cluster_share_ci(single, np.ones(200, dtype=int))
+    assert lo1 == pytest.approx(cp_lo, abs=0.02) and hi1 == pytest.approx(cp_hi, abs=0.02)
