@@ -169,8 +169,8 @@ def test_fast_path_does_not_import_torch_dynamo() -> None:
         "                        torch.nn.Linear(8, 3))\n"
         "x, y = torch.randn(30, 4), torch.randint(0, 3, (30,))\n"
         "spec = ComponentSpec(name='dp_sgd', params={'target_epsilon': 4.0, 'accountant': 'rdp'})\n"
-        "t = DPSGD(spec, 'd').make_trainer(m, x, y, TrainSettings(8, 0.1, 1), seeded_generator(0),\n"
-        "                                  planned_epochs=2)\n"
+        "t = DPSGD(spec, 'd').make_trainer(m, x, y, TrainSettings(8, 0.1, 1),\n"
+        "                                  seeded_generator(0), planned_epochs=2)\n"
         "t.train(t.state()); t.privacy()\n"
         "print(t.privacy()['path'], 'torch._dynamo' in sys.modules)\n"
     )
