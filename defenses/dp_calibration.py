@@ -1,8 +1,8 @@
 """DP-SGD noise calibration on the exact number of steps the trainer takes, cached on disk.
 
 Opacus' `get_noise_multiplier(epochs=E, sample_rate=q)` accounts for int(E / q) steps. privlab's
-DP trainer (see `DPSGDTrainer._batches`) takes, per epoch, k = ceil(n / batch_size) Poisson
-batches with rate q = 1 / k, so E epochs are exactly E * k steps; in floating point
+DP trainers (`_Accounted._poisson_batches` in dp_sgd.py) take, per epoch, k = ceil(n / batch)
+Poisson batches with rate q = 1 / k, so E epochs are exactly E * k steps; in floating point
 int(E / (1 / k)) is E * k - 1 for some k (k = 93, E = 1 gives 92), and the spent epsilon then
 lands above the target. Here the search is told the steps themselves.
 
