@@ -22,8 +22,6 @@ over them (Bonferroni), so the reported maximum keeps its confidence.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import optimize, special, stats
 
@@ -95,5 +93,5 @@ def one_run_audit(
     best["canaries"] = m
     best["guess_counts_tried"] = len(counts)
     best["significance_per_count"] = level
-    best["accuracy"] = best["correct"] / best["guesses"] if best["guesses"] else math.nan
+    best["accuracy"] = best["correct"] / best["guesses"] if best["guesses"] else 0.0
     return best
