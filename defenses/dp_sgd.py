@@ -55,6 +55,17 @@ class DPSGD(LocalTrainingDefense):
     """DP-SGD inside each party's local training (fast path or Opacus)."""
 
     Params = DPSGDParams
+    FAST_TOPOLOGIES = frozenset({"federated", "central", "swarm"})
+    """Topologies whose trainers run their own cross-entropy steps (split learning drives the
+    bottom model's optimiser with the server's gradients, so it trains through Opacus)."""
+
+    def __init__(self, spec: Any, field: str) -> None:
+        super().__init__(spec, field)
+        self.topology: str | None = None
+
+    def check_setting(self, scenario: Any, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().check_setting(scenario, input_shape, num_classes)
+        self.topology = scenario.topology.name
 
     def noise_for(self, sample_rate: float, steps: int) -> float:
         """The noise multiplier: given, or calibrated on exactly `steps` steps at `sample_rate`."""
@@ -84,7 +95,11 @@ class DPSGD(LocalTrainingDefense):
         per_epoch = settings.steps_per_epoch(len(y))
         steps = steps_of(planned_epochs, per_epoch)
         noise = self.noise_for(1.0 / per_epoch, steps)
-        fast = self.params.path == "auto" and dp_fast.supports(model)
+        fast = (
+            self.params.path == "auto"
+            and (self.topology is None or self.topology in self.FAST_TOPOLOGIES)
+            and dp_fast.supports(model)
+        )
         cls = FastDPSGDTrainer if fast else DPSGDTrainer
         trainer = cls(model, x, y, settings, generator, params=self.params, noise=noise)
         trainer.planned_steps = steps

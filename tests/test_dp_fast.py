@@ -178,3 +178,22 @@ def test_fast_path_does_not_import_torch_dynamo() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.split() == ["book-keeping", "False"]
+
+
+@pytest.mark.parametrize(("scenario", "path"), [("split_label_leakage", "opacus"),
+                                                ("default", "book-keeping")])  # fmt: skip
+def test_runs_report_the_path_and_split_learning_trains_through_opacus(
+    scenario: str, path: str
+) -> None:
+    """Split learning drives the bottom model with the server's gradients (not the trainer's
+    own cross-entropy steps), so its DP-SGD goes through Opacus; FedAvg takes the fast path."""
+    from privlab.runner import ScenarioRun
+    from privlab.scenario import load_scenario
+
+    s = load_scenario(
+        scenario,
+        ["attacks=[]", "expectations=[]", "topology.rounds=1", "partition.num_clients=2",
+         'variants=[{name="dp", defenses=[{name="dp_sgd", params={noise_multiplier=1.0}}]}]'],
+    )  # fmt: skip
+    privacy = ScenarioRun(s).run()["variants"]["dp"]["privacy"]
+    assert privacy["path"] == path and privacy["steps"] > 0
