@@ -87,11 +87,23 @@ def write_entry(path: Path, question: dict, noise: float) -> None:
         pass  # a read-only cache folder only costs the recomputation
 
 
+MAX_NOISE = 100.0
+"""Targets that need more noise than this are refused at once (Opacus' own search would double
+its bracket up to 1e6, evaluating the accountant at every step: minutes under PRV)."""
+
+
 def search_noise(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
 ) -> float:
     """Opacus' own noise search for exactly `steps` steps (raises ValueError if unreachable)."""
+    from opacus.accountants import create_accountant
     from opacus.accountants.utils import get_noise_multiplier
+
+    acc = create_accountant(accountant)
+    acc.history = [(MAX_NOISE, sample_rate, steps)]
+    floor = float(acc.get_epsilon(delta=delta))
+    if floor >= target_epsilon:
+        raise ValueError(f"even noise multiplier {MAX_NOISE:g} spends epsilon {floor:.3g}")
 
     return float(
         get_noise_multiplier(
