@@ -303,6 +303,7 @@ class ScenarioRun:
                 "bytes_total": int(sum(bytes_per_round)),
                 "seconds_per_round": [round(r.seconds, 4) for r in outcome.rounds],
                 "seconds": round(time.perf_counter() - t0, 3),
+                **outcome.cost,
             },
             "notes": outcome.notes,
             **({"topology": outcome.extra} if outcome.extra else {}),

@@ -101,6 +101,9 @@ class Scenario(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "scenario"
     description: str = ""
     seed: Annotated[int, Field(ge=0)] = 0
+    engine: Literal["auto", "sequential"] = "auto"
+    """How clients train: "auto" vectorises them where the model allows (else sequential);
+    "sequential" forces the one-client-at-a-time reference path."""
     data: DataSpec = Field(default_factory=DataSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
