@@ -29,6 +29,7 @@ from privlab.attacks.base import (
 )
 from privlab.data import Dataset, load_dataset
 from privlab.defenses.base import Defense
+from privlab.engine.network import network_cost
 from privlab.errors import ScenarioError
 from privlab.metrics import membership_metrics
 from privlab.models import build_model
@@ -304,6 +305,7 @@ class ScenarioRun:
                 "seconds_per_round": [round(r.seconds, 4) for r in outcome.rounds],
                 "seconds": round(time.perf_counter() - t0, 3),
                 **outcome.cost,
+                "network": network_cost(wire.traffic, vs.topology.rounds, vs.topology.network),
             },
             "notes": outcome.notes,
             **({"topology": outcome.extra} if outcome.extra else {}),

@@ -48,6 +48,16 @@ class ModelSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class NetworkSpec(Strict):
+    """Every client's link (pfl-style cost model: the source brief names communication as the
+    bottleneck): round latency = the slowest party's transfer time plus one latency per
+    message, from the bytes it really sent and received."""
+
+    uplink_mbps: PositiveFloat = 10.0
+    downlink_mbps: PositiveFloat = 50.0
+    latency_ms: Annotated[float, Field(ge=0)] = 50.0
+
+
 class TopologySpec(Strict):
     name: str = "federated"
     rounds: PositiveInt = 20
@@ -63,6 +73,8 @@ class TopologySpec(Strict):
     server_lr: PositiveFloat = 1.0
     params: dict[str, Any] = Field(default_factory=dict)
     """Topology-specific settings (cut layer, peers, ...)."""
+    network: NetworkSpec | None = None
+    """Client links for the simulated communication latency (none: bytes only)."""
 
 
 class ComponentSpec(Strict):
