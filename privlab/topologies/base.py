@@ -107,6 +107,9 @@ class RoundRecord:
     seconds: float
     participants: int
     epsilon: float | None = None
+    critical_path_seconds: float | None = None
+    """Simulated round time (slowest client's train + protect + transfer, then the server),
+    measured apart from the simulation's own wall time `seconds`."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -117,6 +120,8 @@ class RoundRecord:
         }
         if self.epsilon is not None:
             out["epsilon"] = round(self.epsilon, 6)
+        if self.critical_path_seconds is not None:
+            out["critical_path_seconds"] = round(self.critical_path_seconds, 4)
         return out
 
 

@@ -18,6 +18,8 @@ would have sent.
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from privlab.attacks.base import Attack
 from privlab.defenses.base import Placement
-from privlab.engine.base import ClientShard, floating_keys
+from privlab.engine.base import Chunk, ClientShard, floating_keys
+from privlab.engine.network import link_ms
 from privlab.scenario import validate_params
 from privlab.topologies.base import RoundRecord, Topology, TrainingOutcome
 from privlab.training import LocalTrainer, State, seeded_generator
@@ -115,6 +118,8 @@ class FederatedTopology(Topology):
             for attack in ctx.attacks:
                 attack.begin_round(r)
             active = [k for k, a in zip(sampled.tolist(), stays.tolist(), strict=True) if a]
+            self._client_seconds: dict[int, float] = {}
+            self._server_seconds = 0.0
             self._broadcast(r, state, sampled.tolist())
             streamed = self._streamed_mean(r, state, active)
             if streamed is not None:
@@ -131,7 +136,11 @@ class FederatedTopology(Topology):
             server_model.load_state_dict(state)
             record = self.record(r, server_model, participants=len(updates))
             record.epsilon = self._aggregation_epsilon()
+            record.critical_path_seconds = self._critical_path(r)
             records.append(record)
+        close = getattr(ctx.defenses.transport, "close", None)
+        if close is not None:
+            close()  # stop the clients' encryption workers
         privacy = self.worst_case_privacy(self.engine.privacy())
         if privacy is None and ctx.defenses.aggregation is not None:
             privacy = ctx.defenses.aggregation.privacy()
@@ -155,7 +164,12 @@ class FederatedTopology(Topology):
             malicious=sorted(self.owner),
             # Referee-only: each client's training records (a reconstruction's ground truth).
             truth={"client_records": {c.client_id: c.train_idx for c in ctx.clients}},
-            cost={"engine": self.engine.describe()},
+            cost={
+                "engine": self.engine.describe(),
+                "critical_path_seconds": round(
+                    sum(rec.critical_path_seconds or 0.0 for rec in records), 4
+                ),
+            },
         )
 
     def _shard(self, k: int, idx: np.ndarray) -> ClientShard:
@@ -188,7 +202,7 @@ class FederatedTopology(Topology):
         keys = floating_keys(state)
         total = float(sum(self.engine.num_samples(k) for k in active))
         acc = {key: torch.zeros_like(state[key]) for key in keys}
-        for ids, stacked in self.engine.train(state, active):
+        for ids, stacked in self._timed(self.engine.train(state, active)):
             w = torch.tensor([self.engine.num_samples(k) / total for k in ids])
             for key in keys:
                 acc[key] += torch.tensordot(w.to(stacked[key].dtype), stacked[key], dims=1)
@@ -196,6 +210,41 @@ class FederatedTopology(Topology):
         for k in active:
             ctx.wire.count(r, client(k), SERVER, nbytes)
         return {key: acc[key] - state[key] for key in keys}
+
+    def _timed(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+        """Each client's share of the engine's wall time (a chunk's time over its clients:
+        vectorised clients train together), for the round's critical path."""
+        t0 = time.perf_counter()
+        for ids, stacked in chunks:
+            share = (time.perf_counter() - t0) / len(ids)
+            for k in ids:
+                self._client_seconds[k] = self._client_seconds.get(k, 0.0) + share
+            yield ids, stacked
+            t0 = time.perf_counter()
+
+    def _critical_path(self, r: int) -> float:
+        """Simulated round time: the slowest client's train + protect (e.g. encrypt) + its
+        link's transfer time (topology.network), then the server's combine and reveal."""
+        net = self.spec.network
+        slowest = 0.0
+        traffic = self.ctx.wire.traffic.get(r, {})
+        for k, seconds in self._client_seconds.items():
+            link = 0.0
+            row = traffic.get(client(k))
+            if net is not None and row is not None:
+                link = (
+                    link_ms(
+                        row[0],
+                        row[1],
+                        row[2] + row[3],
+                        uplink_mbps=net.uplink_mbps,
+                        downlink_mbps=net.downlink_mbps,
+                        latency_ms=net.latency_ms,
+                    )
+                    / 1e3
+                )
+            slowest = max(slowest, seconds + link)
+        return slowest + self._server_seconds
 
     def _local_round(
         self, r: int, state: State, active: list[int]
@@ -205,7 +254,7 @@ class FederatedTopology(Topology):
         updates: dict[int, Update] = {}
         weights: dict[int, float] = {}
         keys = floating_keys(state)
-        for ids, stacked in self.engine.train(state, active):
+        for ids, stacked in self._timed(self.engine.train(state, active)):
             for i, k in enumerate(ids):
                 update = {key: stacked[key][i] - state[key] for key in keys}
                 gen = seeded_generator(self.seed, k, r, 13)
@@ -229,8 +278,12 @@ class FederatedTopology(Topology):
         late = self.params.late_dropout
         if transport is not None:
             payloads = []
-            for k in ids:
-                payload = transport.protect(k, updates[k], weights[k])
+            many = getattr(transport, "protect_many", None)  # clients encrypting in parallel
+            items = [(k, updates[k], weights[k]) for k in ids]
+            protected = many(items) if many else [transport.protect(*item) for item in items]
+            for k, seconds in getattr(transport, "client_seconds", {}).items():
+                self._client_seconds[k] = self._client_seconds.get(k, 0.0) + seconds
+            for k, payload in zip(ids, protected, strict=True):
                 if late and self._late_rng.random() < late:
                     transport.discard(k)  # encrypted, then dropped out before sending
                     self._late_dropped += 1
@@ -239,7 +292,10 @@ class FederatedTopology(Topology):
                 payloads.append(payload)
             if not payloads:
                 return {key: torch.zeros_like(v) for key, v in updates[ids[0]].items()}
-            return transport.reveal(transport.combine(payloads))
+            t0 = time.perf_counter()
+            mean = transport.reveal(transport.combine(payloads))
+            self._server_seconds += time.perf_counter() - t0
+            return mean
         if late:
             kept = [k for k in ids if self._late_rng.random() >= late]
             self._late_dropped += len(ids) - len(kept)
@@ -249,6 +305,14 @@ class FederatedTopology(Topology):
         for k in ids:
             ctx.wire.send(r, client(k), SERVER, "update", updates[k])
         stack, w = [updates[k] for k in ids], [weights[k] for k in ids]
+        t0 = time.perf_counter()
+        try:
+            return self._combine_plain(r, ids, stack, w)
+        finally:
+            self._server_seconds += time.perf_counter() - t0
+
+    def _combine_plain(self, r: int, ids: list[int], stack: list[Update], w: list[float]) -> Update:
+        ctx = self.ctx
         if ctx.defenses.aggregation is not None:
             out = ctx.defenses.aggregation.aggregate(stack, w)
             kept = ctx.defenses.aggregation.last_selected
