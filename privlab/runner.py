@@ -195,24 +195,42 @@ class ScenarioRun:
                 warnings.filterwarnings("ignore", message=message)
             return self._run()
 
+    def run_variant(self, index: int) -> tuple[str, dict[str, Any]]:
+        """One variant's results (a backend's unit of work)."""
+        with warnings.catch_warnings():
+            for message in KNOWN_HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            prepared = self.variants[index]
+            return prepared[0].name, self._run_variant(*prepared)
+
     def _run(self) -> dict[str, Any]:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         variants = {}
+        if self.scenario.backend == "ray":
+            from privlab.engine.ray_backend import run_variants
+
+            variants = run_variants(self.scenario, len(self.variants))
         for variant, vs, defenses, attacks, dataset, clients in self.variants:
-            variants[variant.name] = self._run_variant(
-                variant, vs, defenses, attacks, dataset, clients
-            )
+            if variant.name not in variants:
+                variants[variant.name] = self._run_variant(
+                    variant, vs, defenses, attacks, dataset, clients
+                )
         results = {
             "schema_version": SCHEMA_VERSION,
             "privlab_version": __version__,
-            "scenario": self.scenario.model_dump(mode="json"),
+            # Where it ran is not part of the result (identical on every backend).
+            "scenario": self.scenario.model_dump(mode="json", exclude={"backend", "ray_address"}),
             "seed": self.scenario.seed,
             "versions": package_versions(),
             "variants": variants,
         }
         results["expectations"] = check_expectations(self.scenario, variants)
-        results["timing"] = {"started": started, "seconds": round(time.perf_counter() - t0, 3)}
+        results["timing"] = {
+            "started": started,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "backend": self.scenario.backend,
+        }
         return results
 
     def _run_variant(

@@ -116,6 +116,10 @@ class Scenario(Strict):
     engine: Literal["auto", "sequential"] = "auto"
     """How clients train: "auto" vectorises them where the model allows (else sequential);
     "sequential" forces the one-client-at-a-time reference path."""
+    backend: Literal["local", "ray"] = "local"
+    """Where variants run: in this process, or as Ray tasks (`pip install 'privlab[ray]'`) on a
+    local Ray started by privlab or the cluster at `ray_address`; results are identical."""
+    ray_address: str | None = None
     data: DataSpec = Field(default_factory=DataSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
