@@ -35,6 +35,10 @@ def encrypt_vector(context: Any, vector: np.ndarray, slots: int) -> tuple[list[b
     return out, time.perf_counter() - t0
 
 
+def _ready(_: int) -> bool:
+    return _CONTEXT is not None
+
+
 def _encrypt(args: tuple[np.ndarray, int]) -> tuple[list[bytes], float]:
     return encrypt_vector(_CONTEXT, *args)
 
@@ -50,6 +54,8 @@ class EncryptionPool:
             initializer=_load,
             initargs=(context_bytes,),
         )
+        # Start every worker now (process start, TenSEAL import, context load), not in round 1.
+        list(self._pool.map(_ready, range(workers)))
 
     def encrypt(self, vectors: list[np.ndarray], slots: int) -> list[tuple[list[bytes], float]]:
         return list(self._pool.map(_encrypt, [(v, slots) for v in vectors]))
