@@ -84,7 +84,7 @@ def main() -> None:
         f"{cost['encrypt_workers']} worker processes, incl. serialization over the wire); "
         f"the same work one client after another {serial:.3f} s ({serial / alone:.2f}x)"
     )
-    crit = statistics.median(r["critical_path_seconds"] for r in he["utility"]["per_round"])
+    crit = statistics.median(he["cost"]["critical_path"]["seconds_per_round"])
     print(
         f"critical path / round  {crit:.3f} s simulated (slowest client's train + encrypt, "
         f"then sum and decrypt) against {h_sec:.3f} s of simulation wall time"

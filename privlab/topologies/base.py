@@ -120,8 +120,6 @@ class RoundRecord:
         }
         if self.epsilon is not None:
             out["epsilon"] = round(self.epsilon, 6)
-        if self.critical_path_seconds is not None:
-            out["critical_path_seconds"] = round(self.critical_path_seconds, 4)
         return out
 
 
