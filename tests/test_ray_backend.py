@@ -12,6 +12,12 @@ from privlab.scenario import load_scenario
 
 ray = pytest.importorskip("ray")
 
+# Ray's own helper processes outlive a test's garbage collection (some versions warn then).
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+]
+
 
 @pytest.fixture(scope="module")
 def local_ray():

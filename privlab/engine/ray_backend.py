@@ -8,6 +8,7 @@ local run (tests/test_ray_backend.py). Nothing here is imported unless `backend 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from privlab.errors import ScenarioError
@@ -28,6 +29,8 @@ def _ray() -> Any:
 
 def start(address: str | None) -> Any:
     """Connect to the cluster at `address`, or start a local Ray with 2 CPUs."""
+    # Opt in to Ray's coming default (no GPU env override on CPU tasks), silencing its warning.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     ray = _ray()
     if not ray.is_initialized():
         if address:
