@@ -40,6 +40,11 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int
     kind: str
+    class_names: tuple[str, ...] | None = None
+    """The label each class index stands for (text labels of a CSV, image-folder names)."""
+    groups_train: np.ndarray | None = None
+    groups_test: np.ndarray | None = None
+    """Group of each record (str), for per-group accuracy (fairness); None: no groups."""
 
     def __post_init__(self) -> None:
         """Catch a plugin loader's mistakes here rather than deep inside training."""
@@ -209,6 +214,10 @@ class SyntheticParams(_Params):
     n_classes: Annotated[int, Field(ge=2)] = 2
     class_sep: Annotated[float, Field(gt=0)] = 1.0
     flip_y: Annotated[float, Field(ge=0, le=1)] = 0.01
+    minority_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    """Share of records in a minority group with its own feature distribution (fairness)."""
+    minority_shift: float = 3.0
+    """Offset of the minority's features from the majority's (in feature standard deviations)."""
 
 
 def _check_synthetic(p: SyntheticParams) -> None:
@@ -229,6 +238,10 @@ def load_synthetic(params: dict[str, Any], *, test_fraction: float, seed: int) -
     """make_classification with no redundant features (the rest is pure noise), standardized."""
     p = _validate(SyntheticParams, params)
     _check_synthetic(p)
+    if p.minority_fraction > 0:
+        from privlab.data_minority import load_with_minority
+
+        return load_with_minority(p, test_fraction=test_fraction, seed=seed)
     x, y = skdatasets.make_classification(
         n_samples=p.n_samples,
         n_features=p.n_features,

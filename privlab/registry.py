@@ -108,6 +108,16 @@ datasets.register(
     "privlab.data:load_file",
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",
 )
+datasets.register(
+    "csv",
+    "privlab.data_csv:load_csv",
+    "your own CSV: text or numeric labels (label_column), optional group_column, standardize",
+)
+datasets.register(
+    "image_folder",
+    "privlab.data_imagefolder:load_image_folder",
+    "a folder of images, one subfolder per class (as torchvision's ImageFolder); params: root",
+)
 
 models.register(
     "logreg", "privlab.models:build_logreg", "multinomial logistic regression (one linear layer)"
@@ -121,6 +131,11 @@ models.register(
     "cnn",
     "privlab.models:build_cnn",
     "small CNN (Conv1d/Conv2d + GroupNorm, Opacus-compatible); params: channels",
+)
+models.register(
+    "python",
+    "privlab.models:build_python",
+    "your own nn.Module: params.factory = 'module:function' (a nets.py beside the TOML works)",
 )
 
 topologies.register(
@@ -142,6 +157,11 @@ topologies.register(
     "swarm",
     "privlab.topologies.swarm:SwarmTopology",
     "swarm learning: peers commit weights to a signed, permissioned ledger; a leader merges",
+)
+topologies.register(
+    "pretrained",
+    "privlab.topologies.pretrained:PretrainedTopology",
+    "audit a model trained elsewhere: weights file, member row numbers, the declared recipe",
 )
 
 attacks.register(

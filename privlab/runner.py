@@ -30,11 +30,12 @@ from privlab.attacks.base import (
 from privlab.data import Dataset, load_dataset
 from privlab.defenses.base import Defense
 from privlab.errors import ScenarioError
+from privlab.fairness import fairness_metrics
 from privlab.metrics import membership_metrics
-from privlab.models import build_model
+from privlab.models import build_model, check_model
 from privlab.partition import ClientData, partition
 from privlab.results import SCHEMA_VERSION, lookup, package_versions
-from privlab.scenario import Scenario, VariantSpec, variant_scenario
+from privlab.scenario import Scenario, VariantSpec, portable_dump, variant_scenario
 from privlab.topologies.base import DefenseStack, TopologyContext, TrainingOutcome
 from privlab.training import evaluate
 from privlab.wire import Wire
@@ -169,13 +170,19 @@ class ScenarioRun:
         vs = variant_scenario(scenario, variant, i)
         defenses = DefenseStack.build(instantiate_defenses(vs, variant, i))
         attacks = instantiate_attacks(vs)
-        dataset = self._dataset(vs)
-        clients = partition(dataset.y_train, vs.partition, vs.seed)
+        topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
+        own_data = getattr(topology_cls, "load_data", None)  # pretrained: the members file
+        if own_data is not None:
+            dataset, clients = own_data(vs)
+        else:
+            dataset = self._dataset(vs)
+            clients = partition(dataset.y_train, vs.partition, vs.seed)
+        dp = defenses.local_training is not None  # DP-SGD needs per-sample gradients
+        check_model(vs.model, dataset.input_shape, dataset.num_classes, dp=dp)
         _check_target_parties(attacks, len(clients))
         check_root_size(defenses, len(dataset.y_test))
         for component in [*defenses.all(), *attacks]:
             component.check_setting(vs, dataset.input_shape, dataset.num_classes)
-        topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
         topology_cls.check_defenses(defenses, vs.topology.name)
         topology_check = getattr(topology_cls, "check_setting", None)
         if topology_check is not None:  # topology params fail before any variant trains
@@ -205,7 +212,7 @@ class ScenarioRun:
         results = {
             "schema_version": SCHEMA_VERSION,
             "privlab_version": __version__,
-            "scenario": self.scenario.model_dump(mode="json"),
+            "scenario": portable_dump(self.scenario),
             "seed": self.scenario.seed,
             "versions": package_versions(),
             "variants": variants,
@@ -295,6 +302,7 @@ class ScenarioRun:
                 "final_loss": per_round[-1]["loss"],
                 "train_loss": round(train_loss, 6),
                 "per_round": per_round,
+                **fairness_metrics(outcome.model, dataset, clients, tensors),
             },
             "attacks": attack_results,
             "privacy": _round_privacy(outcome.privacy),
