@@ -6,6 +6,7 @@ line, no traceback); 3 internal error (traceback only with PRIVLAB_DEBUG=1).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -157,26 +158,13 @@ def _breaches(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> dict[str, Any]:
-    import torch
-
-    from privlab.report import render_report
-    from privlab.results import atomic_write_text, ensure_writable, write_results
-    from privlab.runner import ScenarioRun
+def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> Any:
+    from privlab.api import execute
 
     folder = _output_dir(out, scenario.name)
-    ensure_writable(folder)
-    torch.set_num_threads(threads)
     update, progress = _progress_printer(err_console) if not quiet else (None, None)
-    run = ScenarioRun(scenario, progress=update)
-    if progress is not None:
-        with progress:
-            results = run.run()
-    else:
-        results = run.run()
-    html = render_report(results)  # render before writing: a failure leaves both files as they were
-    write_results(folder / "results.json", results)
-    atomic_write_text(folder / "report.html", html)
+    with progress if progress is not None else contextlib.nullcontext():
+        results = execute(scenario, folder, threads=threads, progress=update)
     if not quiet:
         out_console.print(_summary_table(results))
     out_console.print(

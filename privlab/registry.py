@@ -30,6 +30,19 @@ class Entry:
         return self.target
 
 
+def plugin_summary(target: str) -> str:
+    """A plug-in's own one-line summary: its `summary` attribute or first docstring line."""
+    try:
+        obj = Entry("", target, "").load()
+    except Exception as exc:  # a broken plug-in must not break `privlab list`
+        return f"(plugin {target}: cannot load: {type(exc).__name__}: {exc})"
+    text = getattr(obj, "summary", None)
+    if not isinstance(text, str) or not text.strip():
+        text = (getattr(obj, "__doc__", None) or "").strip()
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{first} (plugin {target})" if first else f"(plugin {target})"
+
+
 class Registry:
     """Name -> component for one kind (dataset, model, topology, attack, defense)."""
 
@@ -49,7 +62,7 @@ class Registry:
         self._plugins_loaded = True
         for ep in entry_points(group=f"privlab.{self.kind}s"):
             if ep.name not in self._entries:
-                self._entries[ep.name] = Entry(ep.name, ep.value, f"(plugin {ep.value})")
+                self._entries[ep.name] = Entry(ep.name, ep.value, plugin_summary(ep.value))
 
     def names(self) -> list[str]:
         self._load_plugins()
