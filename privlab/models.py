@@ -216,26 +216,41 @@ def check_model(
         factory = validate_params(PythonParams, spec.params, "model.params").factory
         spec.params[FACTORY_HASH_KEY] = factory_hash(factory, spec._base_dir)
     model = build_model(spec, input_shape, num_classes)
+    if dp:
+        problem = dp_problem(model)
+        if problem:
+            raise ScenarioError(f"model.name: '{spec.name}' is not DP-SGD compatible: {problem}")
+    model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros((1, *input_shape)))
+            out = model(torch.zeros((2, *input_shape)))
     except Exception as exc:
         raise ScenarioError(
-            f"model.name: '{spec.name}' fails on an input of shape {(1, *input_shape)}: "
+            f"model.name: '{spec.name}' fails on an input of shape {(2, *input_shape)}: "
             f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
         ) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ScenarioError(
             f"model.name: '{spec.name}' must return logits of shape (batch, {num_classes}), "
             f"got {shape}"
         )
-    if dp:
-        from opacus.validators import ModuleValidator
 
-        errors = ModuleValidator.validate(model, strict=False)
+
+def dp_problem(model: nn.Module) -> str | None:
+    """The first layer Opacus cannot train with DP-SGD, named by its path in the model, with
+    the first sentence of Opacus' reason (its ModuleValidator; every other layer gets
+    per-sample gradients through functorch)."""
+    from opacus.validators import ModuleValidator
+
+    for name, module in model.named_modules():
+        trainable = any(p.requires_grad for p in module.parameters(recurse=False))
+        if not trainable:
+            continue
+        where = f"layer '{name or '<root>'}' ({type(module).__name__})"
+        check = ModuleValidator.VALIDATORS.get(type(module))
+        errors = check(module) if check is not None else []
         if errors:
-            raise ScenarioError(
-                f"model.name: '{spec.name}' is not DP-SGD compatible: {errors[0]} "
-                f"({len(errors)} problem(s); e.g. use GroupNorm instead of BatchNorm)"
-            )
+            reason = str(errors[0]).split(". ")[0].rstrip(".")
+            return f"{where}: {reason} (see opacus.validators.ModuleValidator.fix)"
+    return None

@@ -188,17 +188,18 @@ def test_safetensors_and_wrapped_state_dicts_load(tmp_path: Path) -> None:
 
 def test_extra_or_missing_parameters_are_named(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
-    with pytest.raises(ScenarioError, match="parameter '0.bias' \\(2,\\) of the architecture"):
+    with pytest.raises(ScenarioError, match=r"parameter '0.bias' \(2,\) of the architecture"):
         fit_state_dict(model, {"0.weight": torch.zeros(2, 3)})
     extra = {**model.state_dict(), "1.weight": torch.zeros(1)}
-    with pytest.raises(ScenarioError, match="parameter '1.weight' \\(1,\\) of the weights file"):
+    with pytest.raises(ScenarioError, match=r"parameter '1.weight' \(1,\) of the weights file"):
         fit_state_dict(model, extra)
     (tmp_path / "code.pt").write_bytes(b"not a torch file")
-    with pytest.raises(ScenarioError, match="cannot read 'code.pt' as a state_dict"):
+    with pytest.raises(ScenarioError, match=r"cannot read 'code.pt' as a state_dict"):
         read_state_dict(str(tmp_path / "code.pt"))
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Secure RNG turned off:UserWarning")
 def test_dp_sgd_model_leaks_visibly_less(folder: Path) -> None:
     """Same script, same data and members, Opacus DP-SGD (noise 2.0, clip 1.0): LiRA and RMIA
     lose most of their edge; the declared epsilon equals Opacus' own for the training run."""
