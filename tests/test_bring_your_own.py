@@ -27,11 +27,13 @@ def small(input_shape, num_classes, width=16):
     n = 1
     for d in input_shape:
         n *= d
-    return nn.Sequential(nn.Flatten(), nn.Linear(n, width), nn.ReLU(), nn.Linear(width, num_classes))
+    layers = [nn.Flatten(), nn.Linear(n, width), nn.ReLU(), nn.Linear(width, num_classes)]
+    return nn.Sequential(*layers)
 
 
 def batchnorm(input_shape, num_classes):
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, num_classes))
+    layers = [nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, num_classes)]
+    return nn.Sequential(*layers)
 
 
 def wrong_output(input_shape, num_classes):
