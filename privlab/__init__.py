@@ -5,7 +5,7 @@ Heavy libraries (torch, opacus, tenseal) are imported where they are used so tha
 
 - `privlab.run(scenario, overrides=..., seed=..., out=...)` -> `privlab.Results`
 - `privlab.load_results(path)`, `privlab.report(results, path)`
-- every public function of `privlab.plots` (e.g. `privlab.roc_plot(results, "mia")`)
+- the figure functions of `privlab.plots` (e.g. `privlab.roc_plot(results, "mia")`)
 """
 
 from __future__ import annotations
@@ -27,8 +27,17 @@ _API = (
 __all__ = ["__version__", *_API]
 
 
+FIGURE_MODULES = ("privlab.plots", "privlab.figures")
+"""Where figure functions live: their `__all__` (or, without one, every public `*_plot`
+function) is re-exported here, so `privlab.roc_plot(results, "mia")` works in a notebook."""
+
+
 def __getattr__(name: str) -> Any:
-    """Lazy exports: the API from privlab.api, plot functions from privlab.plots."""
+    """Lazy exports: the API from privlab.api, figure functions from the figure modules."""
+    if name == "report":  # the module privlab.report, callable as privlab.api.report
+        import importlib
+
+        return importlib.import_module("privlab.report")
     if name in _API:
         from privlab import api
 
@@ -36,11 +45,15 @@ def __getattr__(name: str) -> Any:
     if not name.startswith("_"):
         import importlib
 
-        plots = importlib.import_module("privlab.plots")
-        if name in getattr(plots, "__all__", ()) or (
-            callable(getattr(plots, name, None)) and name.endswith(("_plot", "_figure", "_svg"))
-        ):
-            return getattr(plots, name)
+        for module_name in FIGURE_MODULES:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError:
+                continue
+            public = getattr(module, "__all__", None)
+            value = getattr(module, name, None)
+            if callable(value) and (name in public if public else name.endswith("_plot")):
+                return value
     raise AttributeError(f"module 'privlab' has no attribute '{name}'")
 
 
