@@ -26,11 +26,32 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Privacy attack-and-defense evaluation for federated, split, swarm and central learning.",
 )
 out_console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from privlab import __version__
+
+        typer.echo(f"privlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Privacy attack-and-defense evaluation for federated, split, swarm and central learning."""
 
 
 def guarded(fn: F) -> F:
@@ -222,10 +243,12 @@ def sweep(
         axes.append([(key.strip(), parse_override(f"{key}={v}")[1]) for v in values.split(",")])
     raw = base.model_dump(mode="json")
     variants = []
+    grid_names: dict[str, list[str]] = {}  # original variant -> its grid points
     for combo in itertools.product(*axes):
         label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in combo)
         for v in base.variant_list():
             name = label if not base.variants else f"{v.name}|{label}"
+            grid_names.setdefault(v.name, []).append(name)
             variants.append(
                 {
                     "name": name,
@@ -235,8 +258,25 @@ def sweep(
             )
     raw["variants"] = variants
     raw["name"] = f"{base.name}-sweep"
-    raw["expectations"] = []
-    _execute(build_scenario(raw), out, quiet, threads)
+    raw["expectations"] = sweep_expectations(raw["expectations"], grid_names)
+    results = _execute(build_scenario(raw), out, quiet, threads)
+    breaches = _breaches(results)
+    if breaches:
+        raise ExpectationBreach("; ".join(breaches))
+
+
+def sweep_expectations(
+    expectations: list[dict[str, Any]], grid_names: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """Every grid point keeps the expectations of the variant it came from (one without a
+    variant applies to every grid point, as it applied to every variant)."""
+    out = []
+    for e in expectations:
+        if e.get("variant") is None:
+            out.append(e)
+        else:
+            out += [{**e, "variant": name} for name in grid_names.get(e["variant"], [])]
+    return out
 
 
 @app.command("list")
@@ -266,11 +306,16 @@ def list_() -> None:
 @app.command()
 @guarded
 def show(scenario: ScenarioArg = None, set_: SetOpt = None, seed: SeedOpt = None) -> None:
-    """Print the resolved scenario (defaults filled in, overrides applied) as JSON."""
+    """Print the resolved scenario as JSON, with every component's params and defaults."""
+    from privlab.components import resolved_components
+    from privlab.runner import ScenarioRun
     from privlab.scenario import load_scenario
 
     s = load_scenario(scenario, set_, seed)
-    sys.stdout.write(json.dumps(s.model_dump(mode="json"), indent=2) + "\n")
+    resolved = s.model_dump(mode="json")
+    # Preparing validates every component's params (unknown ones are refused) without training.
+    resolved["resolved_components"] = resolved_components(ScenarioRun(s).variants)
+    sys.stdout.write(json.dumps(resolved, indent=2) + "\n")
 
 
 @app.command()
@@ -291,80 +336,9 @@ def report(
     out_console.print(f"wrote {target}", highlight=False)
 
 
-@app.command()
-@guarded
-def check(
-    results: Annotated[Path, typer.Argument(help="A results.json written by privlab run.")],
-    baseline: Annotated[
-        Path | None,
-        typer.Option(
-            "--baseline", help="An earlier results.json: fail if leakage rose or accuracy fell."
-        ),
-    ] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0)] = 0.02,
-) -> None:
-    """Check expectations (and optionally a baseline) of a results.json; exit 1 on a breach."""
-    from privlab.results import read_results
+from privlab import cli_gate  # noqa: E402  (its commands need guarded and the options above)
 
-    data = read_results(results)
-    problems = _breaches(data)
-    if baseline is not None:
-        problems += compare_to_baseline(data, read_results(baseline), tolerance)
-    n = len(data.get("expectations", []))
-    if problems:
-        raise ExpectationBreach("; ".join(problems))
-    out_console.print(f"ok: {n} expectation(s) passed" + (" and baseline held" if baseline else ""))
-
-
-# Attack metrics a privacy regression may not move in the attacker's favour, by direction.
-# Bounded ones ([0, 1]) use the tolerance as an absolute margin, unbounded ones as a fraction.
-HIGHER_IS_WORSE = {
-    "auc": "abs",
-    "tpr_at_1pct_fpr": "abs",
-    "tpr_at_0.1pct_fpr": "abs",
-    "advantage": "abs",
-    "ssim": "abs",
-    "label_accuracy": "abs",
-    "backdoor_success": "abs",
-    "targeted_misclassification": "abs",
-    "psnr": "rel",
-    "psnr_max": "rel",
-}
-LOWER_IS_WORSE = {"mse": "rel", "mse_ratio": "rel"}
-
-
-def _worse(new: float, old: float, tol: float, kind: str, higher_is_worse: bool) -> bool:
-    margin = tol if kind == "abs" else tol * abs(old)
-    return new > old + margin if higher_is_worse else new < old - margin
-
-
-def compare_to_baseline(new: dict[str, Any], old: dict[str, Any], tol: float) -> list[str]:
-    """Privacy regression: leakage may not grow, accuracy may not fall, beyond `tol`."""
-    problems = []
-    for name, v in new["variants"].items():
-        ref = old["variants"].get(name)
-        if ref is None:
-            continue
-        acc, ref_acc = v["utility"]["final_accuracy"], ref["utility"]["final_accuracy"]
-        if acc < ref_acc - tol:
-            problems.append(f"{name}: accuracy fell {ref_acc:.3f} -> {acc:.3f}")
-        for aid, a in v["attacks"].items():
-            ref_m = ref["attacks"].get(aid, {}).get("metrics", {})
-            for key, value in a["metrics"].items():
-                old_value = ref_m.get(key)
-                if not isinstance(value, int | float) or not isinstance(old_value, int | float):
-                    continue
-                for table, higher in ((HIGHER_IS_WORSE, True), (LOWER_IS_WORSE, False)):
-                    if key in table and _worse(value, old_value, tol, table[key], higher):
-                        problems.append(
-                            f"{name}: {aid}.{key} moved towards the attacker "
-                            f"{old_value:.3f} -> {value:.3f}"
-                        )
-        eps = (v.get("privacy") or {}).get("epsilon")
-        ref_eps = (ref.get("privacy") or {}).get("epsilon")
-        if eps is not None and ref_eps is not None and eps > ref_eps * (1 + tol):
-            problems.append(f"{name}: epsilon rose {ref_eps:.3f} -> {eps:.3f}")
-    return problems
+cli_gate.register(app)
 
 
 def main() -> None:

@@ -132,17 +132,23 @@ def ensure_writable(folder: Path) -> None:
 
 
 def lookup(variant_result: dict[str, Any], dotted: str) -> Any:
-    """Follow a dotted path (e.g. `attacks.mia.auc`) inside one variant's results."""
-    node: Any = variant_result
-    for part in dotted.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif (
-            isinstance(node, dict)
-            and isinstance(node.get("metrics"), dict)
-            and part in node["metrics"]
-        ):
-            node = node["metrics"][part]
-        else:
+    """Follow a dotted path (e.g. `attacks.mia.auc`) inside one variant's results. Keys may hold
+    dots themselves (`attacks.mia.tpr_at_0.1pct_fpr`): the longest key that exists wins, and an
+    attack's `metrics` level may be left out of the path."""
+    parts = dotted.split(".")
+
+    def walk(node: Any, i: int) -> Any:
+        if i == len(parts):
+            return node
+        if not isinstance(node, dict):
             return None
-    return node
+        for j in range(len(parts), i, -1):
+            key = ".".join(parts[i:j])
+            for holder in (node, node.get("metrics")):
+                if isinstance(holder, dict) and key in holder:
+                    found = walk(holder[key], j)
+                    if found is not None:
+                        return found
+        return None
+
+    return walk(variant_result, 0)
