@@ -259,7 +259,7 @@ def sweep(
     raw["variants"] = variants
     raw["name"] = f"{base.name}-sweep"
     raw["expectations"] = sweep_expectations(raw["expectations"], grid_names)
-    results = _execute(build_scenario(raw), out, quiet, threads)
+    results = _execute(build_scenario(raw, base._base_dir), out, quiet, threads)
     breaches = _breaches(results)
     if breaches:
         raise ExpectationBreach("; ".join(breaches))

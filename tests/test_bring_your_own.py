@@ -79,6 +79,14 @@ def test_run_with_own_net_from_cli(project: Path, tmp_path: Path) -> None:
     assert '"factory": "nets:small"' in text and FACTORY_HASH_KEY in text
 
 
+def test_sweep_keeps_the_scenario_folder_importable(project: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", str(project / "study.toml"), "--param", "topology.lr=0.05,0.1"]
+    result = runner.invoke(app, [*args, "-q", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "results.json").is_file()
+
+
 def test_an_edited_nets_py_is_picked_up_and_hashed(project: Path) -> None:
     s = load_scenario(str(project / "study.toml"))
     check_model(s.model, (1, 8, 8), 10, dp=False)
