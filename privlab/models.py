@@ -115,18 +115,20 @@ def _import_factory(spec: str, folder: Path | None) -> Any:
     """Import `module:function`, with the scenario's folder first on sys.path only meanwhile.
 
     A module that lives in that folder is imported afresh whenever its file's content differs
-    from the one imported before (or another folder's module of that name was imported), so an
-    edited `nets.py` is picked up within one process (a notebook).
+    from the one imported before, so an edited `nets.py` is picked up within one process (a
+    notebook); it is then taken out of `sys.modules` again (the function keeps it alive), so the
+    user's own `import nets` elsewhere is not shadowed by a scenario's.
     """
     module_name, _, func_name = spec.partition(":")
     local = _local_file(module_name, folder)
     key = (spec, None if local is None else str(local), _sha256(local))
     if key in _FACTORIES:
         return _FACTORIES[key]
+    top = module_name.split(".")[0]
+    saved = {}
     if local is not None:
-        top = module_name.split(".")[0]
         for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
-            del sys.modules[name]
+            saved[name] = sys.modules.pop(name)
     inserted = folder is not None and str(folder) not in sys.path
     if inserted:
         sys.path.insert(0, str(folder))
@@ -145,6 +147,10 @@ def _import_factory(spec: str, folder: Path | None) -> Any:
     finally:
         if inserted:
             sys.path.remove(str(folder))
+        if local is not None:
+            for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
+                del sys.modules[name]
+            sys.modules.update(saved)
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ScenarioError(

@@ -65,10 +65,12 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_nets_py_beside_the_scenario_builds_without_install(project: Path) -> None:
+    before = sys.modules.get("nets")
     s = load_scenario(str(project / "study.toml"))
     model = build_model(s.model, (1, 8, 8), 10)
     assert [m.out_features for m in model if isinstance(m, torch.nn.Linear)] == [12, 10]
     assert str(project) not in sys.path  # on the path only while importing
+    assert sys.modules.get("nets") is before  # nor left to shadow the user's own `import nets`
 
 
 def test_run_with_own_net_from_cli(project: Path, tmp_path: Path) -> None:

@@ -36,10 +36,14 @@ def _train_module():
     import sys
 
     sys.path.insert(0, str(EXAMPLE))  # train.py imports nets.py from its own folder
+    saved = sys.modules.pop("nets", None)
     try:
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(EXAMPLE))
+        sys.modules.pop("nets", None)
+        if saved is not None:
+            sys.modules["nets"] = saved
     return module
 
 
