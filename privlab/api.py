@@ -218,14 +218,17 @@ def execute(
 
 
 def write_outputs(results: Mapping[str, Any], folder: Path) -> None:
-    """results.json and report.html; the report renders first, so a failure writes neither."""
+    """results.json and report.html; the report renders first, so a failure writes neither,
+    and both replace the folder's old pair together."""
     from privlab.report import render_report
-    from privlab.results import atomic_write_text, write_results
+    from privlab.results import write_output_folder
 
     data = dict(results)
     html = render_report(data)
-    write_results(folder / "results.json", data)
-    atomic_write_text(folder / "report.html", html)
+    try:  # both files replace the folder's old pair in one step
+        write_output_folder(folder, data, html)
+    except OSError as exc:
+        raise ScenarioError(f"--out: cannot write to '{folder}' ({exc.strerror or exc})") from None
 
 
 def load_results(path: str | Path) -> Results:

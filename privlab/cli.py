@@ -19,10 +19,40 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from privlab.errors import ExpectationBreach, PrivlabError, ScenarioError
 
+# click's base exception (vendored by newer typer releases, imported by older ones).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+"""Torch threads beyond a few per core only oversubscribe (and OpenMP may fail to allocate)."""
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as the same one line on stderr as
+    every other error, exit 2, instead of click's multi-line box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            if message:  # empty when click has just printed the help (no arguments given)
+                typer.echo(f"error: {message}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -100,8 +130,9 @@ ThreadsOpt = Annotated[
     typer.Option(
         "--threads",
         min=1,
+        max=MAX_THREADS,
         envvar="PRIVLAB_THREADS",
-        help="Torch CPU threads. Small models train fastest on one; raise it for larger ones.",
+        help="Torch CPU threads (1 to 4 per CPU). Small models train fastest on one.",
     ),
 ]
 OutOpt = Annotated[
@@ -332,7 +363,16 @@ def report(
 
     data = read_results(results)
     target = out or results.with_name("report.html")
-    write_report(data, target)
+    field = "--out" if out is not None else "report"
+    if target.is_dir():
+        raise ScenarioError(
+            f"{field}: '{target}' is a directory; give a file path such as "
+            f"'{target / 'report.html'}'"
+        )
+    try:
+        write_report(data, target)
+    except OSError as exc:
+        raise ScenarioError(f"{field}: cannot write '{target}' ({exc.strerror or exc})") from None
     out_console.print(f"wrote {target}", highlight=False)
 
 

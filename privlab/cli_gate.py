@@ -100,8 +100,8 @@ def register(app: typer.Typer) -> None:
         from privlab.gate_output import junit_xml, markdown_summary
         from privlab.results import read_results
 
-        if tolerance is not None and not tolerance >= 0:
-            raise ScenarioError(f"--tolerance: expected a number >= 0, got {tolerance}")
+        if tolerance is not None and not 0 <= tolerance < float("inf"):
+            raise ScenarioError(f"--tolerance: expected a finite number >= 0, got {tolerance}")
         base = read_baseline(baseline, tolerance or 0.02) if baseline is not None else None
         if _is_results_file(target):
             if set_ or seed is not None:
@@ -184,8 +184,8 @@ def register(app: typer.Typer) -> None:
         )
         from privlab.results import read_results
 
-        if not tolerance >= 0:
-            raise ScenarioError(f"--tolerance: expected a number >= 0, got {tolerance}")
+        if not 0 <= tolerance < float("inf"):
+            raise ScenarioError(f"--tolerance: expected a finite number >= 0, got {tolerance}")
         if direction is not None and direction not in DIRECTIONS:
             raise ScenarioError(f"--direction: expected one of {', '.join(DIRECTIONS)}")
         data = read_results(_results_path(results))

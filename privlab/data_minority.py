@@ -7,7 +7,7 @@ hypercube corners under another random linear map, shifted by `minority_shift` i
 feature. A model must learn the minority's own decision rule from few records: the setting in
 which Bagdasaryan et al. 2019 ("Differential Privacy Has Disparate Impact on Model Accuracy")
 find that DP-SGD's clipping and noise cost the under-represented group most. Records carry the
-group ("majority" / "minority") for per-group accuracy; the split is stratified by class and
+group (0 "majority", 1 "minority") for per-group accuracy; the split is stratified by class and
 group, and features are standardized with training statistics.
 """
 
@@ -44,11 +44,16 @@ def load_with_minority(p: Any, *, test_fraction: float, seed: int) -> Dataset:
     x_minor = x_minor + p.minority_shift
     x = np.concatenate([x_major, x_minor])
     y = np.concatenate([y_major, y_minor]).astype(np.int64)
-    groups = np.array(["majority"] * n_major + ["minority"] * n_minor)
+    groups = np.array([0] * n_major + [1] * n_minor, dtype=np.int64)
     rows = np.arange(len(y))
-    strata = y * 2 + (groups == "minority")
+    strata = y * 2 + groups
     tr, te, _, _ = _split(rows[:, None], strata, test_fraction, seed)
     tr, te = tr[:, 0], te[:, 0]
     x_tr, x_te = _standardize(x[tr], x[te])
     dataset = _make("synthetic", x_tr, y[tr], x_te, y[te], p.n_classes)
-    return replace(dataset, groups_train=groups[tr], groups_test=groups[te])
+    return replace(
+        dataset,
+        groups_train=groups[tr],
+        groups_test=groups[te],
+        group_names=("majority", "minority"),
+    )

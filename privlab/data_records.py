@@ -60,10 +60,14 @@ def split_records(
     if standardize:
         x_tr, x_te = _standardize(x_tr.astype(np.float64), x_te.astype(np.float64))
     dataset = _make(name, x_tr, records.y[tr], x_te, records.y[te], records.num_classes)
-    groups = records.groups
-    return replace(
-        dataset,
-        class_names=records.class_names,
-        groups_train=None if groups is None else groups[tr],
-        groups_test=None if groups is None else groups[te],
-    )
+    dataset = replace(dataset, class_names=records.class_names)
+    if records.groups is None:
+        return dataset
+    codes, names = encode_groups(records.groups)
+    return replace(dataset, groups_train=codes[tr], groups_test=codes[te], group_names=names)
+
+
+def encode_groups(groups: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Group names -> int64 indices by sorted name (Dataset.groups_* hold the indices)."""
+    names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    return codes.astype(np.int64), tuple(str(n) for n in names)

@@ -6,10 +6,11 @@ Accuracy", NeurIPS) show that DP-SGD's clipping and noise cost an under-represen
 accuracy than the majority. privlab therefore reports, per variant under `utility`:
 - `per_client_accuracy` {"0": f, ...}: the released model on each client's held-out records
   (its own distribution, never trained on), and `client_accuracy_gap` = best - worst;
-- `per_group_accuracy` {"<group>": f}: on the test records of each group (a group column of the
-  data, or the synthetic minority), with `per_group_n`, a Clopper-Pearson 95% interval
-  `per_group_accuracy_ci`, the know-nothing baseline `per_group_accuracy_baseline` (the group's
-  majority-class share), and `group_accuracy_gap` = best - worst with a bootstrap 95% interval.
+- `per_group_accuracy` {"<group>": f}: on the test records of each group (a group column of
+  the data, the synthetic minority, a data set's clinics; keyed by `Dataset.group_names`),
+  with `per_group_n`, a Clopper-Pearson 95% interval `per_group_accuracy_ci`, the know-nothing
+  baseline `per_group_accuracy_baseline` (the group's majority-class share), and
+  `group_accuracy_gap` = best - worst with a bootstrap 95% interval.
 """
 
 from __future__ import annotations
@@ -84,10 +85,12 @@ def fairness_metrics(
 def _group_metrics(model: torch.nn.Module, dataset: Dataset) -> dict[str, Any]:
     assert dataset.groups_test is not None
     hits = correct(model, torch.as_tensor(dataset.x_test), torch.as_tensor(dataset.y_test))
-    groups = np.asarray(dataset.groups_test).astype(str)
+    codes = np.asarray(dataset.groups_test)
+    names = dataset.group_names
     acc, n, ci, base, parts = {}, {}, {}, {}, []
-    for g in sorted(set(groups.tolist()) - {""}):
-        mask = groups == g
+    for code in np.unique(codes).tolist():
+        g = names[code] if names is not None and code < len(names) else str(code)
+        mask = codes == code
         h = hits[mask]
         acc[g] = round(float(h.mean()), 6)
         n[g] = int(mask.sum())

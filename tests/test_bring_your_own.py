@@ -153,7 +153,8 @@ def test_csv_text_labels_map_to_sorted_classes_with_groups(tmp_path: Path) -> No
     d = load_dataset(DataSpec(name="csv", params=params, test_fraction=0.25), seed=0)
     assert d.class_names == ("cured", "relapse", "stable")
     assert d.input_shape == (2,) and d.num_classes == 3
-    assert set(d.groups_test.tolist()) == {"A", "B"} and len(d.groups_train) == len(d.y_train)
+    assert d.group_names == ("A", "B") and set(d.groups_test.tolist()) == {0, 1}
+    assert len(d.groups_train) == len(d.y_train)
     # The mapping is the sorted text: check it against the raw file, record by record.
     raw = {(round(float(r.split(",")[0]), 3), r.split(",")[3]) for r in rows[1:]}
     for x, y in zip(d.x_train, d.y_train, strict=True):

@@ -19,12 +19,13 @@ MINORITY = {"n_samples": 1000, "minority_fraction": 0.1, "minority_shift": 3.0}
 
 def test_synthetic_minority_has_few_records_and_its_own_distribution() -> None:
     d = load_dataset(DataSpec(name="synthetic", params=MINORITY), seed=0)
+    assert d.group_names == ("majority", "minority")
     groups = np.concatenate([d.groups_train, d.groups_test])
-    assert (groups == "minority").sum() == 100
+    assert (groups == 1).sum() == 100
     # Stratified by group: the test set holds the same minority share as the whole.
-    assert (d.groups_test == "minority").mean() == pytest.approx(0.1, abs=0.01)
+    assert (d.groups_test == 1).mean() == pytest.approx(0.1, abs=0.01)
     x = np.concatenate([d.x_train, d.x_test])
-    gap = x[groups == "minority"].mean(axis=0) - x[groups == "majority"].mean(axis=0)
+    gap = x[groups == 1].mean(axis=0) - x[groups == 0].mean(axis=0)
     assert np.all(gap > 1.0)  # shifted in every (standardized) feature
     same = load_dataset(DataSpec(name="synthetic", params=MINORITY), seed=0)
     np.testing.assert_array_equal(same.x_train, d.x_train)
@@ -45,8 +46,8 @@ def test_group_and_client_accuracy_against_sklearn() -> None:
     with torch.no_grad():
         pred_test = model(torch.as_tensor(d.x_test)).argmax(1).numpy()
         pred_train = model(tensors["x_train"]).argmax(1).numpy()
-    for g in ("majority", "minority"):
-        mask = d.groups_test == g
+    for code, g in enumerate(("majority", "minority")):
+        mask = d.groups_test == code
         expected = accuracy_score(d.y_test[mask], pred_test[mask])
         assert out["per_group_accuracy"][g] == pytest.approx(expected, abs=1e-6)
         assert out["per_group_n"][g] == mask.sum()

@@ -19,6 +19,7 @@ id 0, holds the members, so per-client metrics read as "the model's owner".
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from privlab import registry
 from privlab.data import Dataset, _make, _read_csv, _read_npz
-from privlab.data_records import Records, encode_labels
+from privlab.data_records import Records, encode_groups, encode_labels
 from privlab.defenses.base import Placement
 from privlab.errors import ScenarioError
 from privlab.partition import ClientData
@@ -253,13 +254,15 @@ class PretrainedTopology(Topology):
             y_test,
             records.num_classes,
         )
-        if records.groups is not None:
-            groups_test = records.groups[population]
-            if extra is not None:
-                groups_test = np.concatenate([groups_test, np.full(len(extra.y), "")])
-            dataset = _with(dataset, records.groups[train_rows], groups_test, records.class_names)
-        elif records.class_names is not None:
-            dataset = _with(dataset, None, None, records.class_names)
+        dataset = replace(dataset, class_names=records.class_names)
+        if records.groups is not None and extra is None:  # an .npz's extra rows have no groups
+            codes, names = encode_groups(records.groups)
+            dataset = replace(
+                dataset,
+                groups_train=codes[train_rows],
+                groups_test=codes[population],
+                group_names=names,
+            )
         n = len(members)
         clients = [ClientData(0, np.arange(n), np.arange(n, n + n_chal))]
         return dataset, clients
@@ -353,16 +356,3 @@ class PretrainedTopology(Topology):
             f"epsilon {eps:.3g} is what the declared DP-SGD recipe gives (noise {noise:.3g}, "
             f"{steps} steps at rate {rate:.3g}); privlab did not observe the training"
         ]
-
-
-def _with(
-    dataset: Dataset,
-    groups_train: np.ndarray | None,
-    groups_test: np.ndarray | None,
-    class_names: tuple[str, ...] | None,
-) -> Dataset:
-    from dataclasses import replace
-
-    return replace(
-        dataset, groups_train=groups_train, groups_test=groups_test, class_names=class_names
-    )
