@@ -143,12 +143,15 @@ def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Refe
         "params": attack.params.model_dump(mode="json"),
         "metrics": {k: _clean(v) for k, v in output.metrics.items()},
         "artifacts": output.artifacts,
+        **({"ci_methods": dict(output.ci_methods)} if output.ci_methods else {}),
     }
 
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float | np.floating):
         return round(float(v), 6)
+    if isinstance(v, list | tuple):  # an interval [lo, hi]
+        return [_clean(x) for x in v]
     if isinstance(v, np.integer):
         return int(v)
     return v

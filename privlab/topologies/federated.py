@@ -185,6 +185,7 @@ class FederatedTopology(Topology):
         for attack in dict.fromkeys(self.owner.values()):
             mine = {k: u for k, u in updates.items() if self.owner.get(k) is attack}
             if mine:
+                attack.aggregation_weights(r, dict(weights))
                 benign = {k: u for k, u in updates.items() if k not in self.owner}
                 updates.update(attack.craft_updates(r, mine, benign, state))
         return updates, weights
