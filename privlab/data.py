@@ -46,8 +46,13 @@ class Dataset:
     num_classes: int
     kind: str
     groups_train: np.ndarray | None = None
-    """Optional int64 group (e.g. clinic) of each training record: partition `by_group`."""
+    """Optional int64 group (e.g. clinic) of each training record: partition `by_group`, and
+    per-group accuracy (fairness)."""
     groups_test: np.ndarray | None = None
+    group_names: tuple[str, ...] | None = None
+    """The name of each group index (a CSV's group column, the synthetic minority)."""
+    class_names: tuple[str, ...] | None = None
+    """The label each class index stands for (text labels of a CSV, image-folder names)."""
 
     def __post_init__(self) -> None:
         """Catch a plugin loader's mistakes here rather than deep inside training."""
@@ -236,6 +241,10 @@ class SyntheticParams(_Params):
     n_classes: Annotated[int, Field(ge=2)] = 2
     class_sep: Annotated[float, Field(gt=0)] = 1.0
     flip_y: Annotated[float, Field(ge=0, le=1)] = 0.01
+    minority_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    """Share of records in a minority group with its own feature distribution (fairness)."""
+    minority_shift: float = 3.0
+    """Offset of the minority's features from the majority's (in feature standard deviations)."""
 
 
 def _check_synthetic(p: SyntheticParams) -> None:
@@ -256,6 +265,10 @@ def load_synthetic(params: dict[str, Any], *, test_fraction: float, seed: int) -
     """make_classification with no redundant features (the rest is pure noise), standardized."""
     p = _validate(SyntheticParams, params)
     _check_synthetic(p)
+    if p.minority_fraction > 0:
+        from privlab.data_minority import load_with_minority
+
+        return load_with_minority(p, test_fraction=test_fraction, seed=seed)
     x, y = skdatasets().make_classification(
         n_samples=p.n_samples,
         n_features=p.n_features,

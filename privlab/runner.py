@@ -32,8 +32,9 @@ from privlab.defenses.base import Defense
 from privlab.engine.network import network_cost
 from privlab.errors import Diverged, ScenarioError
 from privlab.expectations import check_expectation_paths, check_expectations
+from privlab.fairness import fairness_metrics
 from privlab.metrics import membership_metrics
-from privlab.models import build_model
+from privlab.models import build_model, check_model
 from privlab.partition import ClientData, partition
 from privlab.results import (
     SCHEMA_VERSION,
@@ -41,7 +42,7 @@ from privlab.results import (
     null_non_finite,
     package_versions,
 )
-from privlab.scenario import Scenario, VariantSpec, variant_scenario
+from privlab.scenario import Scenario, VariantSpec, portable_dump, variant_scenario
 from privlab.topologies.base import DefenseStack, TopologyContext, TrainingOutcome
 from privlab.training import evaluate
 from privlab.wire import Wire
@@ -180,14 +181,19 @@ class ScenarioRun:
         vs = variant_scenario(scenario, variant, i)
         defenses = DefenseStack.build(instantiate_defenses(vs, variant, i))
         attacks = instantiate_attacks(vs)
-        dataset = self._dataset(vs)
-        clients = partition(dataset.y_train, vs.partition, vs.seed, dataset.groups_train)
+        topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
+        own_data = getattr(topology_cls, "load_data", None)  # pretrained: the members file
+        if own_data is not None:
+            dataset, clients = own_data(vs)
+        else:
+            dataset = self._dataset(vs)
+            clients = partition(dataset.y_train, vs.partition, vs.seed, dataset.groups_train)
+        dp = defenses.local_training is not None  # DP-SGD needs per-sample gradients
+        check_model(vs.model, dataset.input_shape, dataset.num_classes, dp=dp)
         _check_target_parties(attacks, len(clients))
         check_root_size(defenses, len(dataset.y_test))
-        build_model(vs.model, dataset.input_shape, dataset.num_classes)  # model.params checked
         for component in [*defenses.all(), *attacks]:
             component.check_setting(vs, dataset.input_shape, dataset.num_classes)
-        topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
         topology_cls.check_defenses(defenses, vs.topology.name)
         topology_check = getattr(topology_cls, "check_setting", None)
         if topology_check is not None:  # topology params fail before any variant trains
@@ -230,8 +236,7 @@ class ScenarioRun:
         results = {
             "schema_version": SCHEMA_VERSION,
             "privlab_version": __version__,
-            # Where it ran is not part of the result (identical on every backend).
-            "scenario": self.scenario.model_dump(mode="json", exclude={"backend", "ray_address"}),
+            "scenario": portable_dump(self.scenario),
             "seed": self.scenario.seed,
             "versions": package_versions(),
             "variants": variants,
@@ -337,6 +342,7 @@ class ScenarioRun:
                 "final_loss": per_round[-1]["loss"],
                 "train_loss": round(train_loss, 6),
                 "per_round": per_round,
+                **fairness_metrics(outcome.model, dataset, clients, tensors),
             },
             "attacks": attack_results,
             "privacy": _round_privacy(outcome.privacy),
