@@ -276,13 +276,18 @@ attacks.register(
 )
 attacks.register(
     "unenrolled_commit",
-    "privlab.attacks.swarm:UnenrolledCommitAttack",
+    "privlab.attacks.swarm_ledger:UnenrolledCommitAttack",
     "swarm: a node without enrolment tries to commit to the ledger (must be refused)",
 )
 attacks.register(
     "ledger_tamper",
-    "privlab.attacks.swarm:LedgerTamperAttack",
+    "privlab.attacks.swarm_ledger:LedgerTamperAttack",
     "swarm: an entry on the ledger is altered after the fact (verification must name it)",
+)
+attacks.register(
+    "insider_forgery",
+    "privlab.attacks.swarm_ledger:InsiderForgeryAttack",
+    "swarm: an enrolled peer holding the scenario forges, replays or misattributes commits",
 )
 
 defenses.register(
