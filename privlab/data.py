@@ -40,6 +40,9 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int
     kind: str
+    groups_train: np.ndarray | None = None
+    """Optional int64 group (e.g. clinic) of each training record: partition `by_group`."""
+    groups_test: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         """Catch a plugin loader's mistakes here rather than deep inside training."""
@@ -56,6 +59,9 @@ def _dataset_problem(d: Dataset) -> str | None:
             return f"{split} shapes {x.shape}/{y.shape} do not match input_shape {d.input_shape}"
         if len(y) and (y.min() < 0 or y.max() >= d.num_classes):
             return f"{split} labels must lie in 0..{d.num_classes - 1}"
+    for split, g, y in (("train", d.groups_train, d.y_train), ("test", d.groups_test, d.y_test)):
+        if g is not None and (g.dtype != np.int64 or g.shape != y.shape or (g < 0).any()):
+            return f"{split} groups must be non-negative int64 of shape {y.shape}"
     if d.kind not in KINDS.values():
         return f"kind must be one of {', '.join(KINDS.values())}, got '{d.kind}'"
     return None

@@ -104,6 +104,11 @@ datasets.register(
     "scikit-learn make_classification: n_samples, n_features, n_classes, class_sep",
 )
 datasets.register(
+    "transcriptome",
+    "privlab.data_transcriptome:load_transcriptome",
+    "synthetic blood transcriptomes from clinics of different sizes; the clinic is the group",
+)
+datasets.register(
     "file",
     "privlab.data:load_file",
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",

@@ -170,7 +170,7 @@ class ScenarioRun:
         defenses = DefenseStack.build(instantiate_defenses(vs, variant, i))
         attacks = instantiate_attacks(vs)
         dataset = self._dataset(vs)
-        clients = partition(dataset.y_train, vs.partition, vs.seed)
+        clients = partition(dataset.y_train, vs.partition, vs.seed, dataset.groups_train)
         _check_target_parties(attacks, len(clients))
         check_root_size(defenses, len(dataset.y_test))
         for component in [*defenses.all(), *attacks]:

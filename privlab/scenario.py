@@ -35,7 +35,8 @@ class DataSpec(Strict):
 
 
 class PartitionSpec(Strict):
-    scheme: Literal["iid", "dirichlet", "shards"] = "iid"
+    scheme: Literal["iid", "dirichlet", "shards", "by_group"] = "iid"
+    """by_group: one client per group of the data set (e.g. each clinic on its own peer)."""
     num_clients: PositiveInt = 10
     alpha: PositiveFloat = 0.5
     shards_per_client: PositiveInt = 2
