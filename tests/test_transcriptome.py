@@ -93,7 +93,8 @@ def test_swarm_beats_every_single_clinic_and_comes_close_to_central() -> None:
 
     keep = (
         "variants=[{name='swarm'}, {name='central', set={'topology.name'='central', "
-        "'topology.params'={}}}, {name='alone', set={'topology.params.local_only'=true}}]"
+        "'topology.params'={}, attacks=[]}}, {name='alone', "
+        "set={'topology.params.local_only'=true, attacks=[]}}]"
     )
     v = ScenarioRun(load_scenario("transcriptome_swarm", [keep])).run()["variants"]
     swarm = v["swarm"]["utility"]["final_accuracy"]
