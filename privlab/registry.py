@@ -109,6 +109,11 @@ datasets.register(
     "synthetic blood transcriptomes from clinics of different sizes; the clinic is the group",
 )
 datasets.register(
+    "maintenance",
+    "privlab.data_maintenance:load_maintenance",
+    "synthetic predictive maintenance: machines' sensor-window features, fails-soon labels",
+)
+datasets.register(
     "file",
     "privlab.data:load_file",
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",
