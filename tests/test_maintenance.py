@@ -55,8 +55,11 @@ def test_central_baseline_beats_the_class_prior() -> None:
     from privlab.runner import ScenarioRun
     from privlab.scenario import load_scenario
 
-    quick = ["topology.rounds=4", "attacks=[{name='loss_threshold', id='mia'}]",
-             "variants=[{name='central'}]"]  # fmt: skip
+    quick = [
+        "topology.rounds=4",
+        "attacks=[{name='loss_threshold', id='mia'}]",
+        "variants=[{name='central'}]",
+    ]
     v = ScenarioRun(load_scenario("maintenance_central", quick)).run()["variants"]["central"]
     d = load_dataset(load_scenario("maintenance_central").data, 0)
     prior = max(d.y_test.mean(), 1 - d.y_test.mean())

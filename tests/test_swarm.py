@@ -151,6 +151,7 @@ def test_report_compares_swarm_with_central_and_local_only() -> None:
     html = render_report(results)
     assert "Swarm learning: accuracy and the ledger" in html
     assert "against the central baseline" in html and "against local-only training" in html
+    assert "against the best peer alone (peer" in html and "refused merges" in html
 
 
 def test_swarm_runs_are_deterministic_including_signatures() -> None:
