@@ -11,6 +11,8 @@ Qualitative result reproduced: leakage grows with the generalisation gap; DP-SGD
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from privlab.attacks.base import Attack, FinalView, MembershipScores, ThreatModel
@@ -25,6 +27,24 @@ class LossThresholdAttack(Attack):
     """Membership inference by per-example loss threshold (Yeom et al. 2018)."""
 
     family = "membership"
+    metric_names: ClassVar[frozenset[str]] = frozenset(
+        {
+            "auc",
+            "tpr_at_1pct_fpr",
+            "tpr_at_0.1pct_fpr",
+            "tpr_at_0pct_fpr",
+            "balanced_accuracy",
+            "advantage",
+            "n_members",
+            "n_nonmembers",
+            "threshold_tpr",
+            "threshold_fpr",
+            "threshold_balanced_accuracy",
+            "threshold_advantage",
+        }
+    )
+    """Every metric the referee computes from its scores (privlab.metrics.membership_metrics);
+    expectations naming another are refused before training."""
 
     def threat_model(self) -> ThreatModel:
         return ThreatModel(adversary="outsider", knowledge=("mean_train_loss",))

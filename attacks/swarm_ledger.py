@@ -233,19 +233,22 @@ class LedgerTamperAttack(Attack):
         )
 
     def check_setting(self, scenario, input_shape, num_classes) -> None:  # type: ignore[no-untyped-def]
+        """Refuse an alteration that can never happen: after the last round, or of an entry
+        index beyond the most the ledger can hold then (each earlier round adds at most one
+        commit per peer and one merge)."""
         _check_peer(scenario, f"{self.field}.params.attacker", self.params.attacker)
-        p = self.params
+        p, rounds = self.params, scenario.topology.rounds
+        if p.at_round > rounds:
+            raise ScenarioError(
+                f"{self.field}.params.at_round: round {p.at_round} never comes "
+                f"(topology.rounds = {rounds})"
+            )
         most = (p.at_round - 1) * (scenario.partition.num_clients + 1)
         if p.entry >= most:
             raise ScenarioError(
-                f"{self.field}.params.entry: entry {p.entry} cannot exist at the start of round "
-                f"{p.at_round} (at most entries 0..{most - 1}: one commit per peer and one "
-                "merge per round)"
-            )
-        if p.at_round > scenario.topology.rounds:
-            raise ScenarioError(
-                f"{self.field}.params.at_round: {p.at_round} is after the last round "
-                f"({scenario.topology.rounds})"
+                f"{self.field}.params.entry: entry {p.entry} cannot exist when round "
+                f"{p.at_round} starts (the ledger then holds at most {most} entries, "
+                f"indices 0..{most - 1})"
             )
         self.seed = scenario.seed
 

@@ -231,7 +231,10 @@ def test_local_only_reports_each_peer_alone() -> None:
             "{name='ledger_tamper', params={entry=40, at_round=3}}",
             "attacks.0.params.entry: entry 40",
         ),
-        ("{name='ledger_tamper', params={at_round=9}}", "attacks.0.params.at_round: 9"),
+        (
+            "{name='ledger_tamper', params={at_round=9}}",
+            "attacks.0.params.at_round: round 9 never comes",
+        ),
         ("{name='insider_forgery', params={victim=9}}", "attacks.0.params.victim: peer 9"),
         ("{name='insider_forgery', params={rounds=[1]}}", "attacks.0.params.rounds"),
         ("{name='unenrolled_commit', params={impersonate=5}}", "attacks.0.params.impersonate"),
