@@ -42,6 +42,19 @@ class Entry:
             ) from None
 
 
+def plugin_summary(target: str) -> str:
+    """A plug-in's own one-line summary: its `summary` attribute or first docstring line."""
+    try:
+        obj = Entry("", target, "", plugin="?").load()
+    except Exception as exc:  # a broken plug-in must not break `privlab list`
+        return f"(plugin {target}: cannot load: {type(exc).__name__}: {exc})"
+    text = getattr(obj, "summary", None)
+    if not isinstance(text, str) or not text.strip():
+        text = (getattr(obj, "__doc__", None) or "").strip()
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{first} (plugin {target})" if first else f"(plugin {target})"
+
+
 class Registry:
     """Name -> component for one kind (dataset, model, topology, attack, defense)."""
 
@@ -70,7 +83,14 @@ class Registry:
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
-        return [self._entries[n] for n in self.names()]
+        """Every entry; a plug-in's summary is its own (imported only here, for listing)."""
+        out = []
+        for n in self.names():
+            e = self._entries[n]
+            if e.plugin is not None and isinstance(e.target, str):
+                e = Entry(e.name, e.target, plugin_summary(e.target), plugin=e.plugin)
+            out.append(e)
+        return out
 
     def __contains__(self, name: str) -> bool:
         self._load_plugins()
@@ -118,9 +138,29 @@ datasets.register(
     "scikit-learn make_classification: n_samples, n_features, n_classes, class_sep",
 )
 datasets.register(
+    "transcriptome",
+    "privlab.data_transcriptome:load_transcriptome",
+    "synthetic blood transcriptomes from clinics of different sizes; the clinic is the group",
+)
+datasets.register(
+    "maintenance",
+    "privlab.data_maintenance:load_maintenance",
+    "synthetic predictive maintenance: machines' sensor-window features, fails-soon labels",
+)
+datasets.register(
     "file",
     "privlab.data:load_file",
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",
+)
+datasets.register(
+    "csv",
+    "privlab.data_csv:load_csv",
+    "your own CSV: text or numeric labels (label_column), optional group_column, standardize",
+)
+datasets.register(
+    "image_folder",
+    "privlab.data_imagefolder:load_image_folder",
+    "a folder of images, one subfolder per class (as torchvision's ImageFolder); params: root",
 )
 
 datasets.register(
@@ -146,6 +186,11 @@ models.register(
     "privlab.models:build_cnn",
     "small CNN (Conv1d/Conv2d + GroupNorm, Opacus-compatible); params: channels",
 )
+models.register(
+    "python",
+    "privlab.models:build_python",
+    "your own nn.Module: params.factory = 'module:function' (a nets.py beside the TOML works)",
+)
 
 topologies.register(
     "central",
@@ -166,6 +211,11 @@ topologies.register(
     "swarm",
     "privlab.topologies.swarm:SwarmTopology",
     "swarm learning: peers commit weights to a signed, permissioned ledger; a leader merges",
+)
+topologies.register(
+    "pretrained",
+    "privlab.topologies.pretrained:PretrainedTopology",
+    "audit a model trained elsewhere: weights file, member row numbers, the declared recipe",
 )
 
 attacks.register(
@@ -196,7 +246,8 @@ attacks.register(
 attacks.register(
     "dp_audit",
     "privlab.audit:CanaryAudit",
-    "empirical DP audit: canaries in one client, Clopper-Pearson lower bound on epsilon",
+    "empirical DP audit: canaries in one client, one-run (Steinke et al. 2023) or multi-run "
+    "lower bound on epsilon",
 )
 attacks.register(
     "canary_exposure",
@@ -310,13 +361,18 @@ attacks.register(
 )
 attacks.register(
     "unenrolled_commit",
-    "privlab.attacks.swarm:UnenrolledCommitAttack",
+    "privlab.attacks.swarm_ledger:UnenrolledCommitAttack",
     "swarm: a node without enrolment tries to commit to the ledger (must be refused)",
 )
 attacks.register(
     "ledger_tamper",
-    "privlab.attacks.swarm:LedgerTamperAttack",
+    "privlab.attacks.swarm_ledger:LedgerTamperAttack",
     "swarm: an entry on the ledger is altered after the fact (verification must name it)",
+)
+attacks.register(
+    "insider_forgery",
+    "privlab.attacks.swarm_ledger:InsiderForgeryAttack",
+    "swarm: an enrolled peer holding the scenario forges, replays or misattributes commits",
 )
 
 defenses.register(

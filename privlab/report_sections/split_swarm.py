@@ -115,7 +115,11 @@ def split_section(results: dict[str, Any]) -> Section | None:
         row = [escape(name), _fmt(acc) + (_delta(acc, ref_acc) if name != names[0] else "")]
         for aid, key in columns:
             val, base = metric(v, aid, key), metric(ref, aid, key)
-            row.append(_fmt(val) + (_delta(val, base) if name != names[0] else ""))
+            cell = _fmt(val) + (_delta(val, base) if name != names[0] else "")
+            prior = metric(v, aid, f"{key}_baseline")
+            if as_number(prior) is not None:  # the know-nothing score beside the attack's
+                cell += f' <span class="small">(baseline {_fmt(prior)})</span>'
+            row.append(cell)
             if (a := as_number(acc)) is not None and (m := as_number(val)) is not None:
                 xs, ys = series.setdefault(f"{aid} {key}", ([], []))
                 xs.append(a)
@@ -146,8 +150,8 @@ def split_section(results: dict[str, Any]) -> Section | None:
         caption=(
             f"Changes in brackets are against '{escape(names[0])}'. Leak AUC: how well the "
             "attack ranks the minority class first (0.5 = chance). MSE: inversion error on "
-            "the true inputs (lower = more leakage); compare with the mean-guess baseline "
-            "in the attack's metrics."
+            "the true inputs (lower = more leakage). Baselines: AUC of chance, and the score "
+            "of the population mean record as the reconstruction."
         ),
         order=60,
     )
@@ -171,6 +175,7 @@ def swarm_section(results: dict[str, Any]) -> Section | None:
                 escape(str(ledger.get("message", "—"))),
                 str(ledger.get("rejected_commits", "—")),
                 str(topo.get("paused_rounds", "—")),
+                str(topo.get("refused_merges", "—")),
             ]
         )
     head = [
@@ -181,13 +186,15 @@ def swarm_section(results: dict[str, Any]) -> Section | None:
         "verification",
         "refused commits",
         "paused rounds",
+        "refused merges",
     ]
     return Section(
         "Swarm learning: accuracy and the ledger",
         _table(head, rows) + _comparison(variants),
         caption=(
             "Local-only accuracy is the mean over peers of each peer's own model on the global "
-            "test set; a central variant pools all data on one server."
+            "test set; a central variant pools all data on one server. A round whose leader "
+            "refused to merge (the ledger failed verification) counts 0 participants."
         ),
         order=61,
     )
@@ -212,6 +219,11 @@ def _comparison(variants: dict[str, Any]) -> str:
     if "local" in acc:
         ln, b = acc["local"]
         parts.append(f"{a - b:+.3f} against local-only training '{escape(ln)}' ({b:.3f})")
+        alone = (variants[ln].get("topology") or {}).get("per_peer_accuracy") or {}
+        scored = [(as_number(x), k) for k, x in alone.items() if as_number(x) is not None]
+        if scored:
+            top, peer = max(scored)
+            parts.append(f"{a - top:+.3f} against the best peer alone (peer{peer}, {top:.3f})")
     return "<p>" + "; ".join(parts) + ".</p>"
 
 
