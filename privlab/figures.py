@@ -286,3 +286,27 @@ KINDS: dict[str, Callable[..., Figure | None]] = {
     "per-group": per_group,
 }
 """What ``privlab plot --kind`` can draw."""
+
+
+# Notebook names, re-exported by `privlab` itself (privlab.roc_plot(results, "mia"), ...).
+roc_plot = roc
+accuracy_plot = accuracy
+epsilon_plot = epsilon
+tradeoff_plot = tradeoff
+per_client_plot = per_client
+per_group_plot = per_group
+__all__ = [
+    "accuracy",
+    "accuracy_plot",
+    "epsilon",
+    "epsilon_plot",
+    "pareto_front",
+    "per_client",
+    "per_client_plot",
+    "per_group",
+    "per_group_plot",
+    "roc",
+    "roc_plot",
+    "tradeoff",
+    "tradeoff_plot",
+]
