@@ -106,8 +106,10 @@ class TargetedProbe:
 
 @dataclass
 class AttackResult:
-    metrics: dict[str, float | int]
+    metrics: dict[str, Any]
     artifacts: dict[str, Any] = field(default_factory=dict)
+    ci_methods: dict[str, str] = field(default_factory=dict)
+    """How each metric's `<m>_ci` interval was computed ({"auc": "DeLong", ...})."""
 
 
 @dataclass(frozen=True)

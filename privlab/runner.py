@@ -30,7 +30,7 @@ from privlab.attacks.base import (
 from privlab.data import Dataset, load_dataset
 from privlab.defenses.base import Defense
 from privlab.errors import ScenarioError
-from privlab.metrics import membership_metrics
+from privlab.metrics import CI_METHODS, membership_metrics
 from privlab.models import build_model
 from privlab.partition import ClientData, partition
 from privlab.results import SCHEMA_VERSION, lookup, package_versions
@@ -128,8 +128,8 @@ def make_query(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Referee) -> dict:
     if isinstance(output, MembershipScores):
         metrics, artifacts = membership_metrics(output.scores, referee.is_member, output.threshold)
-        output = AttackResult(metrics, artifacts)
-    return {
+        output = AttackResult(metrics, artifacts, dict(CI_METHODS))
+    graded = {
         "name": attack.spec.name,
         "family": attack.family,
         "threat_model": attack.threat_model().model_dump(mode="json"),
@@ -137,6 +137,9 @@ def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Refe
         "metrics": {k: _clean(v) for k, v in output.metrics.items()},
         "artifacts": output.artifacts,
     }
+    if output.ci_methods:
+        graded["ci_methods"] = dict(output.ci_methods)
+    return graded
 
 
 def _clean(v: Any) -> Any:
