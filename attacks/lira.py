@@ -308,10 +308,23 @@ class ServerSideTarget:
 # --------------------------------------------------------------------------- attacks
 
 
+PER_EXAMPLE_MIN_MODELS = 64
+"""Carlini et al. 2022 (Sec. VI-B, Fig. 8): per-example variances pay off from about 64
+reference models; with fewer, one global (fixed) variance is the stronger estimate."""
+
+
+def resolve_variance(variance: str, num_models: int) -> str:
+    """'auto' picks fixed below PER_EXAMPLE_MIN_MODELS reference models, per-example from it."""
+    if variance != "auto":
+        return variance
+    return "per_example" if num_models >= PER_EXAMPLE_MIN_MODELS else "fixed"
+
+
 class LiRAParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["online", "offline"] = "online"
-    variance: Literal["per_example", "fixed"] = "per_example"
+    variance: Literal["auto", "per_example", "fixed"] = "auto"
+    """auto: fixed below 64 reference models, per-example from 64 (the paper's advice)."""
     num_reference_models: int = Field(default=16, ge=1)
     rounds: int | None = Field(default=None, gt=0)
     """Training rounds of the reference models (default: the target recipe's)."""
@@ -337,11 +350,12 @@ class LiRAAttack(Attack):
 
     def __init__(self, spec: Any, field: str) -> None:
         super().__init__(spec, field)
-        need = min_reference_models(self.params.mode, self.params.variance)
+        self.variance = resolve_variance(self.params.variance, self.params.num_reference_models)
+        need = min_reference_models(self.params.mode, self.variance)
         if self.params.num_reference_models < need:
             raise ScenarioError(
                 f"{field}.params.num_reference_models: {self.params.mode} LiRA with "
-                f"{self.params.variance} variance needs at least {need} reference models "
+                f"{self.variance} variance needs at least {need} reference models "
                 f"(got {self.params.num_reference_models})"
             )
 
@@ -379,7 +393,7 @@ class LiRAAttack(Attack):
             ref_phi,
             ref.in_mask,
             online=self.params.mode == "online",
-            fixed_variance=self.params.variance == "fixed",
+            fixed_variance=self.variance == "fixed",
         )
         return MembershipScores(scores=scores)
 
