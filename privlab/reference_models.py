@@ -111,25 +111,22 @@ class ReferenceJob:
 def subset_masks(
     pool_size: int, num_models: int, subset_size: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Membership masks, each row holding exactly `subset_size` records.
+    """Membership masks, each row holding exactly `subset_size` records, balanced per record.
 
-    When the subset is half the pool (online LiRA), models come in complementary pairs, so each
-    record is in exactly half the models (as in Carlini et al.'s reference code) and every
-    record has both IN and OUT models. Otherwise each model draws its own random subset.
+    Model i takes the `subset_size` records that are IN the fewest earlier models (ties broken
+    at random), so every record is IN for about subset_size / pool_size of the models (counts
+    differ by at most one), as the LiRA reference code keeps each record in a fixed share of
+    the models. When the subset is half the pool, models come in complementary pairs and every
+    record has both IN and OUT models.
     """
     if not 0 < subset_size <= pool_size:
         raise ValueError(f"subset size {subset_size} must lie in 1..{pool_size}")
     masks = np.zeros((num_models, pool_size), dtype=bool)
-    half = pool_size // 2
-    i = 0
-    while i < num_models:
-        order = rng.permutation(pool_size)
+    counts = np.zeros(pool_size, dtype=np.int64)
+    for i in range(num_models):
+        order = np.lexsort((rng.random(pool_size), counts))
         masks[i, order[:subset_size]] = True
-        if subset_size == half and i + 1 < num_models:
-            masks[i + 1, order[half : 2 * half]] = True
-            i += 2
-        else:
-            i += 1
+        counts += masks[i]
     return masks
 
 

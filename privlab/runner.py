@@ -128,7 +128,7 @@ def make_query(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Referee) -> dict:
     if isinstance(output, MembershipScores):
         metrics, artifacts = membership_metrics(output.scores, referee.is_member, output.threshold)
-        output = AttackResult(metrics, artifacts, dict(CI_METHODS))
+        output = AttackResult(metrics, {**output.artifacts, **artifacts}, dict(CI_METHODS))
     graded = {
         "name": attack.spec.name,
         "family": attack.family,
@@ -279,6 +279,7 @@ class ScenarioRun:
                     "client_num_samples": {c.client_id: len(c.train_idx) for c in clients},
                 },
                 population=PopulationData(x=dataset.x_test, y=dataset.y_test),
+                defenses=tuple(d.spec for d in defenses.all()),
             )
             output = attack.finalize(view)
             if isinstance(output, RefereeGraded):

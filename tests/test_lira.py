@@ -129,6 +129,17 @@ def test_subset_masks_balance_each_record_in_half_the_models() -> None:
     assert (counts[counts > 0] >= 1).all()
 
 
+@pytest.mark.parametrize(("pool", "models", "size"), [(100, 2, 30), (850, 16, 350), (9, 5, 4)])
+def test_subset_masks_keep_every_record_in_a_fixed_share_of_models(pool, models, size) -> None:
+    """The target's training-set size need not be half the pool: each model still holds
+    exactly `size` records and per-record IN counts differ by at most one."""
+    masks = subset_masks(pool, models, size, np.random.default_rng(1))
+    assert (masks.sum(axis=1) == size).all()
+    counts = masks.sum(axis=0)
+    assert counts.max() - counts.min() <= 1
+    assert np.isclose(counts.mean(), models * size / pool)
+
+
 def _mlp() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
 
