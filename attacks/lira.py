@@ -220,6 +220,7 @@ def fit_reference(
         "clients_per_model": target.num_clients,
         "rounds": target.rounds,
         "mirrored_defenses": [d["name"] for d in shadow.mirrored],
+        "dp_sgd": None if shadow.dp is None else dict(shadow.dp.__dict__),
         "not_mirrored_defenses": shadow.not_mirrored,
         "from_cache": hit,
     }
