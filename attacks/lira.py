@@ -106,7 +106,8 @@ def lira_scores(
 
     target_phi (N,), ref_phi (M, N), in_mask (M, N): True where reference model i trained on
     record n. Per-example stds fall back to the global one for records with fewer than two
-    models on a side.
+    models on a side; a record without any IN model (online, when the target's training set
+    is small against the pool) gets the OUT mean plus the average IN - OUT gap.
     """
     out_mask = ~in_mask
     mu_out, sd_out, n_out = _masked_stats(ref_phi, out_mask)
@@ -116,6 +117,14 @@ def lira_scores(
     if not online:
         return -stats.norm.logsf(target_phi, loc=mu_out, scale=sd_out)
     mu_in, sd_in, n_in = _masked_stats(ref_phi, in_mask)
+    both = (n_in > 0) & (n_out > 0)
+    if (n_in == 0).any():
+        # The target's training set can be far smaller than the pool (one client's records),
+        # so some records have no IN model: their IN mean is the OUT mean shifted by the
+        # average IN - OUT gap of the records that have both (one global shift, as the fixed
+        # variance is one global spread).
+        gap = float((mu_in - mu_out)[both].mean()) if both.any() else 0.0
+        mu_in = np.where(n_in > 0, mu_in, mu_out + gap)
     g_in = _pooled_std(ref_phi, in_mask, mu_in, n_in)
     sd_in = np.full_like(mu_in, g_in) if fixed_variance else np.where(n_in >= 2, sd_in, g_in)
     sd_in = np.maximum(sd_in, MIN_STD)

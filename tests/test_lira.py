@@ -327,3 +327,27 @@ def test_server_attack_under_secure_aggregation_sees_only_ciphertexts(tmp_path: 
     assert "auc" not in rmia_hidden and rmia_hidden["plaintext_updates_seen"] == 0
     html = (tmp_path / "report.html").read_text()
     assert "Membership attacks without a target" in html
+
+
+def test_records_without_in_models_use_the_average_gap() -> None:
+    """With a small target training set many records have no IN model; their IN mean is the
+    OUT mean plus the mean IN - OUT gap measured on records with both (closed form here)."""
+    out = np.array([[0.0, 1.0, 2.0], [0.2, 1.2, 2.2], [0.0, 1.0, 2.0], [0.2, 1.2, 2.2]])
+    ref = out.copy()
+    in_mask = np.zeros((4, 3), dtype=bool)
+    in_mask[[0, 1], 0] = True  # record 0: two IN models, 1 above the OUT ones
+    ref[[0, 1], 0] += 1.0
+    target = np.array([1.1, 2.1, 0.0])
+    scores = lira_scores(target, ref, in_mask, online=True, fixed_variance=True)
+    mu_out = np.array([0.1, 1.1, 2.1])
+    mu_in = np.array([1.1, 2.1, 3.1])  # record 0 measured, records 1 and 2: OUT + gap of 1.0
+    resid = np.r_[ref[in_mask] - 1.1]
+    sd_in = np.sqrt((resid**2).sum() / 1)
+    out_mask = ~in_mask
+    res_out = np.concatenate([ref[out_mask[:, j], j] - mu_out[j] for j in range(3)])
+    sd_out = np.sqrt((res_out**2).sum() / (1 + 3 + 3))
+    from scipy import stats as st
+
+    expected = st.norm.logpdf(target, mu_in, sd_in) - st.norm.logpdf(target, mu_out, sd_out)
+    assert np.allclose(scores, expected)
+    assert scores[1] > 0 > scores[2]
