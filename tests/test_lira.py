@@ -292,7 +292,8 @@ def test_lira_paper_ordering_on_the_overfit_scenario(tmp_path: Path, monkeypatch
     tpr = {k: v["metrics"]["tpr_at_1pct_fpr"] for k, v in attacks.items()}
     assert tpr["lira_online"] > tpr["lira_offline"] > tpr["loss"]
     assert attacks["loss"]["metrics"]["auc"] > 0.8  # the setting really overfits
-    assert attacks["server_lira_client0"]["metrics"]["n_nonmembers"] < 200  # client 0 only
+    server = attacks["server_lira_client0"]["metrics"]
+    assert server["n_members"] < 400 and server["n_nonmembers"] >= 1000  # client 0's records
 
 
 def test_server_attack_under_secure_aggregation_sees_only_ciphertexts(tmp_path: Path) -> None:
