@@ -11,9 +11,12 @@ Qualitative result reproduced: leakage grows with the generalisation gap; DP-SGD
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 
 from privlab.attacks.base import Attack, FinalView, MembershipScores, ThreatModel
+from privlab.metrics import METRIC_NAMES
 
 
 def cross_entropy_per_example(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -25,6 +28,9 @@ class LossThresholdAttack(Attack):
     """Membership inference by per-example loss threshold (Yeom et al. 2018)."""
 
     family = "membership"
+    metric_names: ClassVar[frozenset[str]] = METRIC_NAMES
+    """Every metric the referee computes from its scores (privlab.metrics.membership_metrics);
+    expectations naming another are refused before training."""
 
     def threat_model(self) -> ThreatModel:
         return ThreatModel(adversary="outsider", knowledge=("mean_train_loss",))

@@ -214,6 +214,27 @@ class LedgerTamperAttack(Attack):
             knowledge=("write access to a ledger replica",),
         )
 
+    def check_setting(self, scenario, input_shape, num_classes) -> None:  # type: ignore[no-untyped-def]
+        """Refuse an alteration that can never happen: after the last round, or of an entry
+        index beyond the most the ledger can hold then (each earlier round adds at most one
+        commit per peer and one merge)."""
+        p, rounds = self.params, scenario.topology.rounds
+        if p.at_round > rounds:
+            raise ScenarioError(
+                f"{self.field}.params.at_round: round {p.at_round} never comes "
+                f"(topology.rounds = {rounds})"
+            )
+        most = (p.at_round - 1) * (scenario.partition.num_clients + 1)
+        if p.entry >= most:
+            raise ScenarioError(
+                f"{self.field}.params.entry: entry {p.entry} cannot exist when round "
+                f"{p.at_round} starts (the ledger then holds at most {most} entries, "
+                f"indices 0..{most - 1})"
+                if most
+                else f"{self.field}.params.at_round: the ledger is empty when round 1 starts; "
+                "use at_round >= 2"
+            )
+
     def act_on_ledger(self, round_: int, ledger: Ledger) -> None:
         self.ledger = ledger
         if round_ != self.params.at_round or self.params.entry >= len(ledger.storage):

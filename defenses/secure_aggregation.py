@@ -350,8 +350,10 @@ class SecureAggregation(TransportDefense):
             "decrypt_seconds": _mean(stats["decrypt"]),
         }
         out["key_holder"] = self.params.key_holder
-        out["server_holds_secret_key"] = self.server is not None and bool(
-            self.server.context.is_private()
+        # The server holds the secret key if its own context is private, or if a colluding
+        # client sent it the secret context over the wire (setup_messages).
+        out["server_holds_secret_key"] = self.params.colluding_client is not None or (
+            self.server is not None and bool(self.server.context.is_private())
         )
         return out
 

@@ -18,18 +18,69 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from privlab.errors import ExpectationBreach, PrivlabError, ScenarioError
 
+# click's base exception (vendored by newer typer releases, imported by older ones).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+"""Torch threads beyond a few per core only oversubscribe (and OpenMP may fail to allocate)."""
+
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (a bad option value, a missing argument) as the same one line on stderr as
+    every other error, exit 2, instead of click's multi-line box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _ClickException as exc:
+            message = " ".join(exc.format_message().split())
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            if message:  # empty when click has just printed the help (no arguments given)
+                typer.echo(f"error: {message}{where}", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Privacy attack-and-defense evaluation for federated, split, swarm and central learning.",
 )
 out_console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from privlab import __version__
+
+        typer.echo(f"privlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Privacy attack-and-defense evaluation for federated, split, swarm and central learning."""
 
 
 def guarded(fn: F) -> F:
@@ -78,8 +129,9 @@ ThreadsOpt = Annotated[
     typer.Option(
         "--threads",
         min=1,
+        max=MAX_THREADS,
         envvar="PRIVLAB_THREADS",
-        help="Torch CPU threads. Small models train fastest on one; raise it for larger ones.",
+        help="Torch CPU threads (1 to 4 per CPU). Small models train fastest on one.",
     ),
 ]
 OutOpt = Annotated[
@@ -161,7 +213,7 @@ def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> dict
     import torch
 
     from privlab.report import render_report
-    from privlab.results import atomic_write_text, ensure_writable, write_results
+    from privlab.results import ensure_writable, write_output_folder
     from privlab.runner import ScenarioRun
 
     folder = _output_dir(out, scenario.name)
@@ -175,8 +227,10 @@ def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> dict
     else:
         results = run.run()
     html = render_report(results)  # render before writing: a failure leaves both files as they were
-    write_results(folder / "results.json", results)
-    atomic_write_text(folder / "report.html", html)
+    try:  # both files replace the folder's old pair in one step
+        write_output_folder(folder, results, html)
+    except OSError as exc:
+        raise ScenarioError(f"--out: cannot write to '{folder}' ({exc.strerror or exc})") from None
     if not quiet:
         out_console.print(_summary_table(results))
     out_console.print(
@@ -234,10 +288,12 @@ def sweep(
         axes.append([(key.strip(), parse_override(f"{key}={v}")[1]) for v in values.split(",")])
     raw = base.model_dump(mode="json")
     variants = []
+    grid_names: dict[str, list[str]] = {}  # original variant -> its grid points
     for combo in itertools.product(*axes):
         label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in combo)
         for v in base.variant_list():
             name = label if not base.variants else f"{v.name}|{label}"
+            grid_names.setdefault(v.name, []).append(name)
             variants.append(
                 {
                     "name": name,
@@ -247,8 +303,25 @@ def sweep(
             )
     raw["variants"] = variants
     raw["name"] = f"{base.name}-sweep"
-    raw["expectations"] = []
-    _execute(build_scenario(raw), out, quiet, threads)
+    raw["expectations"] = sweep_expectations(raw["expectations"], grid_names)
+    results = _execute(build_scenario(raw), out, quiet, threads)
+    breaches = _breaches(results)
+    if breaches:
+        raise ExpectationBreach("; ".join(breaches))
+
+
+def sweep_expectations(
+    expectations: list[dict[str, Any]], grid_names: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """Every grid point keeps the expectations of the variant it came from (one without a
+    variant applies to every grid point, as it applied to every variant)."""
+    out = []
+    for e in expectations:
+        if e.get("variant") is None:
+            out.append(e)
+        else:
+            out += [{**e, "variant": name} for name in grid_names.get(e["variant"], [])]
+    return out
 
 
 @app.command("list")
@@ -278,11 +351,16 @@ def list_() -> None:
 @app.command()
 @guarded
 def show(scenario: ScenarioArg = None, set_: SetOpt = None, seed: SeedOpt = None) -> None:
-    """Print the resolved scenario (defaults filled in, overrides applied) as JSON."""
+    """Print the resolved scenario as JSON, with every component's params and defaults."""
+    from privlab.components import resolved_components
+    from privlab.runner import ScenarioRun
     from privlab.scenario import load_scenario
 
     s = load_scenario(scenario, set_, seed)
-    sys.stdout.write(json.dumps(s.model_dump(mode="json"), indent=2) + "\n")
+    resolved = s.model_dump(mode="json")
+    # Preparing validates every component's params (unknown ones are refused) without training.
+    resolved["resolved_components"] = resolved_components(ScenarioRun(s).variants)
+    sys.stdout.write(json.dumps(resolved, indent=2) + "\n")
 
 
 @app.command()
@@ -299,84 +377,22 @@ def report(
 
     data = read_results(results)
     target = out or results.with_name("report.html")
-    write_report(data, target)
+    field = "--out" if out is not None else "report"
+    if target.is_dir():
+        raise ScenarioError(
+            f"{field}: '{target}' is a directory; give a file path such as "
+            f"'{target / 'report.html'}'"
+        )
+    try:
+        write_report(data, target)
+    except OSError as exc:
+        raise ScenarioError(f"{field}: cannot write '{target}' ({exc.strerror or exc})") from None
     out_console.print(f"wrote {target}", highlight=False)
 
 
-@app.command()
-@guarded
-def check(
-    results: Annotated[Path, typer.Argument(help="A results.json written by privlab run.")],
-    baseline: Annotated[
-        Path | None,
-        typer.Option(
-            "--baseline", help="An earlier results.json: fail if leakage rose or accuracy fell."
-        ),
-    ] = None,
-    tolerance: Annotated[float, typer.Option("--tolerance", min=0.0)] = 0.02,
-) -> None:
-    """Check expectations (and optionally a baseline) of a results.json; exit 1 on a breach."""
-    from privlab.results import read_results
+from privlab import cli_gate  # noqa: E402  (its commands need guarded and the options above)
 
-    data = read_results(results)
-    problems = _breaches(data)
-    if baseline is not None:
-        problems += compare_to_baseline(data, read_results(baseline), tolerance)
-    n = len(data.get("expectations", []))
-    if problems:
-        raise ExpectationBreach("; ".join(problems))
-    out_console.print(f"ok: {n} expectation(s) passed" + (" and baseline held" if baseline else ""))
-
-
-# Attack metrics a privacy regression may not move in the attacker's favour, by direction.
-# Bounded ones ([0, 1]) use the tolerance as an absolute margin, unbounded ones as a fraction.
-HIGHER_IS_WORSE = {
-    "auc": "abs",
-    "tpr_at_1pct_fpr": "abs",
-    "tpr_at_0.1pct_fpr": "abs",
-    "advantage": "abs",
-    "ssim": "abs",
-    "label_accuracy": "abs",
-    "backdoor_success": "abs",
-    "targeted_misclassification": "abs",
-    "psnr": "rel",
-    "psnr_max": "rel",
-}
-LOWER_IS_WORSE = {"mse": "rel", "mse_ratio": "rel"}
-
-
-def _worse(new: float, old: float, tol: float, kind: str, higher_is_worse: bool) -> bool:
-    margin = tol if kind == "abs" else tol * abs(old)
-    return new > old + margin if higher_is_worse else new < old - margin
-
-
-def compare_to_baseline(new: dict[str, Any], old: dict[str, Any], tol: float) -> list[str]:
-    """Privacy regression: leakage may not grow, accuracy may not fall, beyond `tol`."""
-    problems = []
-    for name, v in new["variants"].items():
-        ref = old["variants"].get(name)
-        if ref is None:
-            continue
-        acc, ref_acc = v["utility"]["final_accuracy"], ref["utility"]["final_accuracy"]
-        if acc < ref_acc - tol:
-            problems.append(f"{name}: accuracy fell {ref_acc:.3f} -> {acc:.3f}")
-        for aid, a in v["attacks"].items():
-            ref_m = ref["attacks"].get(aid, {}).get("metrics", {})
-            for key, value in a["metrics"].items():
-                old_value = ref_m.get(key)
-                if not isinstance(value, int | float) or not isinstance(old_value, int | float):
-                    continue
-                for table, higher in ((HIGHER_IS_WORSE, True), (LOWER_IS_WORSE, False)):
-                    if key in table and _worse(value, old_value, tol, table[key], higher):
-                        problems.append(
-                            f"{name}: {aid}.{key} moved towards the attacker "
-                            f"{old_value:.3f} -> {value:.3f}"
-                        )
-        eps = (v.get("privacy") or {}).get("epsilon")
-        ref_eps = (ref.get("privacy") or {}).get("epsilon")
-        if eps is not None and ref_eps is not None and eps > ref_eps * (1 + tol):
-            problems.append(f"{name}: epsilon rose {ref_eps:.3f} -> {eps:.3f}")
-    return problems
+cli_gate.register(app)
 
 
 def main() -> None:

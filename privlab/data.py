@@ -22,10 +22,17 @@ from sklearn.model_selection import train_test_split
 
 from privlab import registry
 from privlab.errors import PrivlabError, ScenarioError
-from privlab.scenario import DataSpec, validate_params
+from privlab.scenario import DataSpec, describe_path, validate_params
 
 KINDS = {2: "tabular", 3: "sequence", 4: "image"}
 """x.ndim (with the sample axis) -> kind."""
+MIN_TEST_RECORDS = 2
+"""Smallest test set accepted, and never fewer records than classes: a test set that cannot
+hold every class (one record makes every accuracy 0 or 1) measures nothing about the model."""
+
+
+def _min_test(y: np.ndarray) -> int:
+    return max(MIN_TEST_RECORDS, len(np.unique(y)))
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,9 @@ class Dataset:
     input_shape: tuple[int, ...]
     num_classes: int
     kind: str
+    groups_train: np.ndarray | None = None
+    """Optional int64 group (e.g. clinic) of each training record: partition `by_group`."""
+    groups_test: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         """Catch a plugin loader's mistakes here rather than deep inside training."""
@@ -56,6 +66,9 @@ def _dataset_problem(d: Dataset) -> str | None:
             return f"{split} shapes {x.shape}/{y.shape} do not match input_shape {d.input_shape}"
         if len(y) and (y.min() < 0 or y.max() >= d.num_classes):
             return f"{split} labels must lie in 0..{d.num_classes - 1}"
+    for split, g, y in (("train", d.groups_train, d.y_train), ("test", d.groups_test, d.y_test)):
+        if g is not None and (g.dtype != np.int64 or g.shape != y.shape or (g < 0).any()):
+            return f"{split} groups must be non-negative int64 of shape {y.shape}"
     if d.kind not in KINDS.values():
         return f"kind must be one of {', '.join(KINDS.values())}, got '{d.kind}'"
     return None
@@ -102,6 +115,13 @@ def _split(
     if n < 2 or n_test >= n:
         raise ScenarioError(
             f"data.test_fraction: {test_fraction} of {n} samples leaves no training samples"
+        )
+    need = _min_test(y)
+    if n_test < need:
+        raise ScenarioError(
+            f"data.test_fraction: {test_fraction} of {n} samples makes a test set of {n_test} "
+            f"record(s); at least {need} are needed (one per class, and at least "
+            f"{MIN_TEST_RECORDS}): raise it to {need / n:.2g} or more"
         )
     counts = np.unique(y, return_counts=True)[1]
     stratifiable = counts.min() >= 2 and min(n_test, n - n_test) >= len(counts)
@@ -260,7 +280,7 @@ def load_file(params: dict[str, Any], *, test_fraction: float, seed: int) -> Dat
     p = _validate(FileParams, params)
     path = Path(p.path).expanduser()
     if not path.is_file():
-        raise ScenarioError(f"data.params.path: file '{p.path}' does not exist")
+        raise ScenarioError(f"data.params.path: '{p.path}' {describe_path(path)}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         if "label_column" in p.model_fields_set:
@@ -300,6 +320,11 @@ def _file_dataset(
     y, y_test = codes[:n_train], (None if y_test is None else codes[n_train:])
     if x_test is None or y_test is None:
         x, x_test, y, y_test = _split(x, y, test_fraction, seed)
+    elif len(y_test) < MIN_TEST_RECORDS:
+        raise ScenarioError(
+            f"data.params.path: x_test has {len(y_test)} record(s); at least "
+            f"{MIN_TEST_RECORDS} are needed"
+        )
     if standardize:
         x, x_test = _standardize(x.astype(np.float64), x_test.astype(np.float64))
     return _make("file", x, y, x_test, y_test, len(classes))
@@ -345,6 +370,11 @@ def _check_xy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Numeric, finite x of 1-4 dims (1 -> one feature) and one label per row."""
     where = f"data.params.path: '{path.name}'"
+    if np.iscomplexobj(x):
+        raise ScenarioError(
+            f"{where}: {xname} is complex ({x.dtype}); give real features "
+            "(e.g. real and imaginary parts as separate features)"
+        )
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
         raise ScenarioError(f"{where}: {xname} must be numeric, got dtype {x.dtype}")
     if x.ndim == 1:
@@ -352,6 +382,11 @@ def _check_xy(
     if x.ndim not in KINDS:
         raise ScenarioError(
             f"{where}: {xname} has {x.ndim} dims; allowed 1-2 (tabular), 3 (C, L), 4 (C, H, W)"
+        )
+    if x.size == 0:
+        raise ScenarioError(
+            f"{where}: {xname} is empty (shape {x.shape}); need at least one record "
+            "with at least one feature"
         )
     if not np.isfinite(x.astype(np.float64)).all():
         raise ScenarioError(f"{where}: {xname} contains NaN or infinite values")
@@ -362,7 +397,27 @@ def _check_xy(
             f"{where}: {yname} must hold one label per row of {xname} "
             f"({len(x)}), got shape {y.shape}"
         )
+    _check_labels(y, yname, where)
     return x, y
+
+
+def _check_labels(y: np.ndarray, yname: str, where: str) -> None:
+    """Labels are integers, bools or strings; float labels must be finite whole numbers."""
+    if np.iscomplexobj(y):
+        raise ScenarioError(f"{where}: {yname} is complex ({y.dtype}); labels must be real")
+    if y.dtype.kind in "biuUS":
+        return
+    if y.dtype.kind != "f":
+        raise ScenarioError(
+            f"{where}: {yname} must hold integer or string labels, got dtype {y.dtype}"
+        )
+    if not np.isfinite(y).all():
+        raise ScenarioError(f"{where}: {yname} contains NaN or infinite labels")
+    if not np.all(y == np.round(y)):
+        raise ScenarioError(
+            f"{where}: {yname} holds fractional values (e.g. {y[y != np.round(y)][0]}); "
+            "labels must be whole numbers or strings"
+        )
 
 
 def _read_csv(path: Path, label_column: int | str) -> tuple[np.ndarray, np.ndarray]:

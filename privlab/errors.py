@@ -19,3 +19,15 @@ class ExpectationBreach(PrivlabError):
     """An expectation declared by the scenario failed: exit code 1."""
 
     exit_code = 1
+
+
+class Diverged(PrivlabError):
+    """A variant's loss became NaN or infinite: the runner stops that variant, marks it
+    diverged in results.json and runs the others (it never reaches the CLI)."""
+
+    def __init__(self, round_: int, loss: float, history: list) -> None:
+        super().__init__(f"diverged at round {round_} (test loss {loss})")
+        self.round = round_
+        self.loss = loss
+        self.history = history
+        """The round records up to and including the one that diverged."""

@@ -33,6 +33,22 @@ CI_METHODS = {
     "balanced_accuracy": "stratified percentile bootstrap",
 }
 """How each membership metric's `_ci` is computed (the attack result's `ci_methods`)."""
+METRIC_NAMES = frozenset(
+    {
+        *CI_METHODS,
+        *(f"tpr_at_{k}_fpr_below_resolution" for k, v in FPR_LEVELS.items() if v > 0),
+        "fpr_resolution",
+        "leak_detected",
+        "n_members",
+        "n_nonmembers",
+        "threshold_tpr",
+        "threshold_fpr",
+        "threshold_balanced_accuracy",
+        "threshold_advantage",
+    }
+)
+"""Every metric `membership_metrics` can report, besides the `_ci`/`_baseline`/`_gain`
+companions (an attack's `metric_names` vocabulary)."""
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, level: float) -> float:

@@ -28,7 +28,9 @@ class ClientData:
     holdout_idx: np.ndarray
 
 
-def partition(y: np.ndarray, spec: PartitionSpec, seed: int) -> list[ClientData]:
+def partition(
+    y: np.ndarray, spec: PartitionSpec, seed: int, groups: np.ndarray | None = None
+) -> list[ClientData]:
     """Split the pool's indices across clients by `spec.scheme`, then into train/holdout."""
     y = np.asarray(y)
     if y.ndim != 1:
@@ -37,6 +39,8 @@ def partition(y: np.ndarray, spec: PartitionSpec, seed: int) -> list[ClientData]
     rng = np.random.default_rng(seed)
     if spec.scheme == "iid":
         shares = iid_split(len(y), spec.num_clients, rng)
+    elif spec.scheme == "by_group":
+        shares = group_split(groups, spec.num_clients)
     elif spec.scheme == "dirichlet":
         shares = dirichlet_split(y, spec.num_clients, spec.alpha, rng)
     else:
@@ -102,6 +106,22 @@ def _dirichlet_draw(
             parts[cid].append(chunk)
             sizes[cid] += len(chunk)
     return [np.concatenate(p) if p else np.empty(0, np.int64) for p in parts]
+
+
+def group_split(groups: np.ndarray | None, num_clients: int) -> list[np.ndarray]:
+    """Client k holds every record of group k (a clinic's patients stay at that clinic)."""
+    if groups is None:
+        raise ScenarioError(
+            "partition.scheme: 'by_group' needs a data set with groups (e.g. 'transcriptome')"
+        )
+    sizes = np.bincount(groups, minlength=num_clients)
+    if len(sizes) != num_clients or sizes.min() < MIN_CLIENT_SIZE:
+        raise ScenarioError(
+            f"partition.num_clients: 'by_group' needs one client per group: the data set has "
+            f"{len(sizes)} groups of sizes {sizes.tolist()} (each at least {MIN_CLIENT_SIZE}), "
+            f"got num_clients = {num_clients}"
+        )
+    return [np.flatnonzero(groups == k) for k in range(num_clients)]
 
 
 def shards_split(

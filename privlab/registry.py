@@ -9,6 +9,7 @@ through entry points (groups ``privlab.datasets``, ``privlab.models``, ``privlab
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -22,12 +23,23 @@ class Entry:
     name: str
     target: Any  # "module:attr" or the object itself
     summary: str
+    plugin: str | None = None
+    """The entry-point group of a third-party component (None: built in)."""
 
-    def load(self) -> Any:
-        if isinstance(self.target, str):
-            module, _, attr = self.target.partition(":")
+    def load(self, field: str | None = None) -> Any:
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        if self.plugin is None:  # built in: a failure here is privlab's bug (exit 3)
             return getattr(importlib.import_module(module), attr)
-        return self.target
+        try:  # a plugin that fails to load is the user's configuration (exit 2)
+            return functools.reduce(getattr, attr.split("."), importlib.import_module(module))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise ScenarioError(
+                f"{field or self.name}: plugin '{self.name}' (entry point '{self.target}' in "
+                f"group {self.plugin}) failed to load: {type(exc).__name__}: {first}"
+            ) from None
 
 
 class Registry:
@@ -49,7 +61,9 @@ class Registry:
         self._plugins_loaded = True
         for ep in entry_points(group=f"privlab.{self.kind}s"):
             if ep.name not in self._entries:
-                self._entries[ep.name] = Entry(ep.name, ep.value, f"(plugin {ep.value})")
+                self._entries[ep.name] = Entry(
+                    ep.name, ep.value, f"(plugin {ep.value})", plugin=ep.group
+                )
 
     def names(self) -> list[str]:
         self._load_plugins()
@@ -74,7 +88,7 @@ class Registry:
 
     def get(self, name: str, field: str | None = None) -> Any:
         self.check(name, field or self.kind)
-        return self._entries[name].load()
+        return self._entries[name].load(field)
 
 
 datasets = Registry("dataset")
@@ -109,6 +123,16 @@ datasets.register(
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",
 )
 
+datasets.register(
+    "next_word",
+    "privlab.data_next_word:load_next_word",
+    "synthetic per-user phone typing from a grammar (user vocabularies, styles, PIN canaries)",
+)
+models.register(
+    "next_word",
+    "privlab.models_text:build_next_word",
+    "next-word model: token embeddings (concat or GRU), hidden layer, softmax over the vocabulary",
+)
 models.register(
     "logreg", "privlab.models:build_logreg", "multinomial logistic regression (one linear layer)"
 )
@@ -173,6 +197,16 @@ attacks.register(
     "dp_audit",
     "privlab.audit:CanaryAudit",
     "empirical DP audit: canaries in one client, Clopper-Pearson lower bound on epsilon",
+)
+attacks.register(
+    "canary_exposure",
+    "privlab.attacks.text_leakage:CanaryExposureAttack",
+    "exposure of a canary secret in the released next-word model (Carlini et al. 2019); outsider",
+)
+attacks.register(
+    "word_leak",
+    "privlab.attacks.text_leakage:WordLeakAttack",
+    "words a user typed, from the embedding rows of their update (Melis et al. 2019); server",
 )
 attacks.register(
     "label_flip",

@@ -29,11 +29,17 @@ from privlab.attacks.base import (
 )
 from privlab.data import Dataset, load_dataset
 from privlab.defenses.base import Defense
-from privlab.errors import ScenarioError
+from privlab.errors import Diverged, ScenarioError
+from privlab.expectations import check_expectation_paths, check_expectations
 from privlab.metrics import CI_METHODS, membership_metrics
 from privlab.models import build_model
 from privlab.partition import ClientData, partition
-from privlab.results import SCHEMA_VERSION, lookup, package_versions
+from privlab.results import (
+    SCHEMA_VERSION,
+    diverged_variant,
+    null_non_finite,
+    package_versions,
+)
 from privlab.scenario import Scenario, VariantSpec, variant_scenario
 from privlab.topologies.base import DefenseStack, TopologyContext, TrainingOutcome
 from privlab.training import evaluate
@@ -177,6 +183,7 @@ class ScenarioRun:
                     raise
                 raise ScenarioError(f"variant '{variant.name}': {exc}") from None
             self.variants.append(prepared)
+        check_expectation_paths(scenario, {p[0].name: p[3] for p in self.variants})
 
     def _prepare(self, scenario: Scenario, variant: VariantSpec, i: int) -> tuple:
         """Build and check one variant: every bad input fails here, before any training."""
@@ -184,9 +191,10 @@ class ScenarioRun:
         defenses = DefenseStack.build(instantiate_defenses(vs, variant, i))
         attacks = instantiate_attacks(vs)
         dataset = self._dataset(vs)
-        clients = partition(dataset.y_train, vs.partition, vs.seed)
+        clients = partition(dataset.y_train, vs.partition, vs.seed, dataset.groups_train)
         _check_target_parties(attacks, len(clients))
         check_root_size(defenses, len(dataset.y_test))
+        build_model(vs.model, dataset.input_shape, dataset.num_classes)  # model.params checked
         for component in [*defenses.all(), *attacks]:
             component.check_setting(vs, dataset.input_shape, dataset.num_classes)
         topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
@@ -224,7 +232,8 @@ class ScenarioRun:
             "versions": package_versions(),
             "variants": variants,
         }
-        results["expectations"] = check_expectations(self.scenario, variants)
+        results = null_non_finite(results)  # JSON has no NaN: null, with a note where it was
+        results["expectations"] = check_expectations(self.scenario, results["variants"])
         results["timing"] = {"started": started, "seconds": round(time.perf_counter() - t0, 3)}
         return results
 
@@ -267,7 +276,17 @@ class ScenarioRun:
             **server,
         )
         topology = registry.topologies.get(vs.topology.name, "topology.name")(ctx)
-        outcome: TrainingOutcome = topology.run()
+        try:
+            outcome: TrainingOutcome = topology.run()
+        except Diverged as exc:
+            return diverged_variant(
+                exc.round,
+                exc.loss,
+                [r.to_json() for r in exc.history],
+                [d.describe() for d in defenses.all()],
+                [int(wire.bytes_by_round.get(r, 0)) for r in range(0, exc.round + 1)],
+                time.perf_counter() - t0,
+            )
 
         members = torch.as_tensor(np.concatenate([c.train_idx for c in clients]))
         _, train_loss = evaluate(
@@ -306,6 +325,7 @@ class ScenarioRun:
             int(wire.bytes_by_round.get(r, 0)) for r in range(0, vs.topology.rounds + 1)
         ]
         return {
+            "status": "ok",
             "defenses": [d.describe() for d in defenses.all()],
             "utility": {
                 "final_accuracy": per_round[-1]["accuracy"],
@@ -397,26 +417,3 @@ def _round_privacy(privacy: dict[str, Any] | None) -> dict[str, Any] | None:
     if privacy is None:
         return None
     return {k: _clean(v) for k, v in privacy.items()}
-
-
-def check_expectations(scenario: Scenario, variants: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for e in scenario.expectations:
-        names = [e.variant] if e.variant else list(variants)
-        for name in names:
-            actual = lookup(variants[name], e.metric)
-            ok = isinstance(actual, int | float) and not isinstance(actual, bool)
-            passed = (
-                ok and (e.min is None or actual >= e.min) and (e.max is None or actual <= e.max)
-            )
-            out.append(
-                {
-                    "metric": e.metric,
-                    "variant": name,
-                    "min": e.min,
-                    "max": e.max,
-                    "actual": actual if ok else None,
-                    "passed": bool(passed),
-                }
-            )
-    return out

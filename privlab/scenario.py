@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
+import re
+import stat
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from privlab import registry
 from privlab.errors import ScenarioError
@@ -22,10 +25,18 @@ from privlab.errors import ScenarioError
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, le=1)]
+MAX_LR = 100.0
+"""Learning rates above this diverge for every model privlab builds: refused up front."""
+MAX_SEED = 2**63 - 1
+"""torch, numpy and JSON readers all take a signed 64-bit seed."""
+MAX_DEPTH = 64
+"""Deepest nesting of tables and arrays a scenario may hold (parsers recurse per level)."""
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    """Unknown fields refused; floats must be finite (NaN or inf never reach training)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class DataSpec(Strict):
@@ -35,10 +46,11 @@ class DataSpec(Strict):
 
 
 class PartitionSpec(Strict):
-    scheme: Literal["iid", "dirichlet", "shards"] = "iid"
-    num_clients: PositiveInt = 10
-    alpha: PositiveFloat = 0.5
-    shards_per_client: PositiveInt = 2
+    scheme: Literal["iid", "dirichlet", "shards", "by_group"] = "iid"
+    """by_group: one client per group of the data set (e.g. each clinic on its own peer)."""
+    num_clients: Annotated[int, Field(gt=0, le=100_000)] = 10
+    alpha: Annotated[float, Field(gt=0, le=1e6)] = 0.5
+    shards_per_client: Annotated[int, Field(gt=0, le=100_000)] = 2
     holdout_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.5
     """Share of each client's samples kept out of training: the exact non-members."""
 
@@ -50,17 +62,17 @@ class ModelSpec(Strict):
 
 class TopologySpec(Strict):
     name: str = "federated"
-    rounds: PositiveInt = 20
+    rounds: Annotated[int, Field(gt=0, le=100_000)] = 20
     client_fraction: Fraction = 1.0
-    local_epochs: PositiveInt = 1
-    batch_size: PositiveInt = 32
-    lr: PositiveFloat = 0.1
+    local_epochs: Annotated[int, Field(gt=0, le=10_000)] = 1
+    batch_size: Annotated[int, Field(gt=0, le=1_000_000)] = 32
+    lr: Annotated[float, Field(gt=0, le=MAX_LR)] = 0.1
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    fedprox_mu: Annotated[float, Field(ge=0)] = 0.0
+    weight_decay: Annotated[float, Field(ge=0, le=1e3)] = 0.0
+    fedprox_mu: Annotated[float, Field(ge=0, le=1e6)] = 0.0
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     """Probability that a sampled client drops out of a round."""
-    server_lr: PositiveFloat = 1.0
+    server_lr: Annotated[float, Field(gt=0, le=MAX_LR)] = 1.0
     params: dict[str, Any] = Field(default_factory=dict)
     """Topology-specific settings (cut layer, peers, ...)."""
 
@@ -94,13 +106,16 @@ class ExpectationSpec(Strict):
     def _has_bound(self) -> ExpectationSpec:
         if self.min is None and self.max is None:
             raise ValueError("an expectation needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max}): nothing can pass")
         return self
 
 
 class Scenario(Strict):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = "scenario"
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "scenario"
+    """The output folder's name under reports/: one path component, never '.' or '..'."""
     description: str = ""
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     data: DataSpec = Field(default_factory=DataSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -110,6 +125,16 @@ class Scenario(Strict):
     """Defenses applied in every variant."""
     variants: list[VariantSpec] = Field(default_factory=list)
     expectations: list[ExpectationSpec] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            raise ValueError(
+                "must be a folder name of letters, digits, '_', '-' and '.', "
+                "starting with a letter, digit or '_'"
+            )
+        return name
 
     def variant_list(self) -> list[VariantSpec]:
         return self.variants or [VariantSpec(name="baseline")]
@@ -131,14 +156,59 @@ def bundled_scenarios() -> dict[str, str]:
     return out
 
 
+def describe_path(path: Path) -> str:
+    """What a path that is not a regular file is, for error messages ("a directory", ...)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"is {kind}, not a file" if kind.startswith("a ") else f"is {kind}"
+
+
+def read_text_file(path: Path, field: str) -> str:
+    """A regular file's UTF-8 text, or a one-line ScenarioError saying what is wrong."""
+    if not path.is_file():
+        raise ScenarioError(f"{field}: '{path}' {describe_path(path)}")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            f"{field}: '{path}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+            f"at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ScenarioError(f"{field}: cannot read '{path}' ({exc.strerror or exc})") from None
+
+
+def parse_toml(text: str, what: str) -> dict[str, Any]:
+    """tomllib.loads with its two failure modes (syntax, nesting that exhausts the recursion
+    limit) as one-line ScenarioErrors."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{what}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(
+            f"{what}: nested too deeply (at most {MAX_DEPTH} levels of tables and arrays)"
+        ) from None
+
+
 def read_scenario_source(ref: str | None) -> tuple[dict[str, Any], Path | None]:
     """Raw dict of a bundled scenario name or a path (None: the bundled default)."""
     ref = ref or "default"
     path = Path(ref)
     if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ScenarioError(f"scenario: file '{ref}' does not exist")
-        text, base = path.read_text(), path.resolve().parent
+        text, base = read_text_file(path, "scenario"), path.resolve().parent
     else:
         names = bundled_scenarios()
         if ref not in names:
@@ -149,11 +219,7 @@ def read_scenario_source(ref: str | None) -> tuple[dict[str, Any], Path | None]:
             )
         text = resources.files("privlab.scenarios").joinpath(f"{ref}.toml").read_text()
         base = None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"scenario '{ref}': invalid TOML: {exc}") from None
-    return raw, base
+    return parse_toml(text, f"scenario '{ref}'"), base
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -166,7 +232,30 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = tomllib.loads(f"v = {value.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         parsed = value.strip()
+    except RecursionError:
+        raise ScenarioError(
+            f"--set {key}: value nested too deeply (at most {MAX_DEPTH} levels)"
+        ) from None
     return key, parsed
+
+
+def check_plain_data(raw: Any, where: str = "") -> None:
+    """Refuse nesting deeper than MAX_DEPTH and any NaN or infinite float, anywhere (component
+    params included): iterative, so a hostile input cannot exhaust the recursion limit."""
+    stack: list[tuple[Any, str, int]] = [(raw, where, 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        field = path or "scenario"
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ScenarioError(f"{field}: must be a finite number (got {node})")
+        if isinstance(node, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                raise ScenarioError(
+                    f"{field}: nested too deeply (at most {MAX_DEPTH} levels of tables and arrays)"
+                )
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, value in items:
+                stack.append((value, f"{path}.{key}" if path else str(key), depth + 1))
 
 
 def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -206,7 +295,7 @@ def _format_validation_error(exc: ValidationError, model: type[BaseModel], prefi
         return f"{field}: unknown field{hint} ({allowed_text})"
     value = err.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-    return f"{field}: {err['msg']}{shown}"
+    return f"{field}: {err['msg'].removeprefix('Value error, ')}{shown}"
 
 
 def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -228,14 +317,38 @@ def _allowed_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def validate_params(model: type[BaseModel], params: dict[str, Any], field: str) -> BaseModel:
-    """Validate a component's params with its pydantic model; one-line error on failure."""
+    """Validate a component's params with its pydantic model; one-line error on failure.
+
+    Every component's floats must be finite, whatever its own model says: a NaN or infinite
+    value (given, or parsed from a string such as "nan") is refused here, so no attack or
+    defense file needs its own check."""
+    check_plain_data(params, field)
     try:
-        return model.model_validate(params)
+        validated = model.model_validate(params)
     except ValidationError as exc:
         raise ScenarioError(_format_validation_error(exc, model, prefix=f"{field}.")) from None
+    check_plain_data(_model_values(validated), field)
+    return validated
+
+
+def _model_values(model: BaseModel) -> dict[str, Any]:
+    """A validated model's field values, nested models opened, without pydantic's serialiser
+    (which could refuse or mangle the very non-finite values this looks for)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            return _model_values(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return {name: plain(getattr(model, name)) for name in type(model).model_fields}
 
 
 def build_scenario(raw: dict[str, Any], base_dir: Path | None = None) -> Scenario:
+    check_plain_data(raw)
     try:
         scenario = Scenario.model_validate(raw)
     except ValidationError as exc:

@@ -25,3 +25,6 @@ TINY = [
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+pytest_plugins = ["pytester"]  # the privlab pytest plugin is tested in a pytest of its own

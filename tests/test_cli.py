@@ -111,7 +111,7 @@ def test_check_against_baseline(tmp_path: Path, tiny_overrides: list[str]) -> No
     worse["variants"]["plain"]["utility"]["final_accuracy"] -= 0.2
     (tmp_path / "worse.json").write_text(json.dumps(worse))
     result = invoke("check", str(tmp_path / "worse.json"), "--baseline", str(path))
-    assert result.exit_code == 1 and "accuracy fell" in result.stderr
+    assert result.exit_code == 1 and "utility.final_accuracy moved the wrong way" in result.stderr
 
 
 def test_list_names_every_component() -> None:
@@ -214,30 +214,6 @@ def test_internal_error_exits_3_with_one_line(
     monkeypatch.setattr(cli, "_execute", explode)
     result = invoke("run", "--out", str(tmp_path / "o"))
     assert_one_line_error(result, "internal error", "boom", code=3)
-
-
-def test_baseline_catches_leakage_in_either_direction(tmp_path: Path) -> None:
-    new = {
-        "variants": {
-            "v": {
-                "utility": {"final_accuracy": 0.9},
-                "privacy": None,
-                "attacks": {"mia": {"metrics": {"auc": 0.70, "mse": 0.5, "n_nonmembers": 100}}},
-            }
-        }
-    }
-    old = {
-        "variants": {
-            "v": {
-                "utility": {"final_accuracy": 0.9},
-                "privacy": None,
-                "attacks": {"mia": {"metrics": {"auc": 0.60, "mse": 1.0, "n_nonmembers": 100}}},
-            }
-        }
-    }
-    problems = cli.compare_to_baseline(new, old, 0.02)
-    assert any("mia.auc" in p for p in problems) and any("mia.mse" in p for p in problems)
-    assert cli.compare_to_baseline(old, new, 0.02) == []  # less leakage is never a breach
 
 
 def test_a_failing_report_render_leaves_earlier_files_intact(

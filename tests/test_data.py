@@ -235,7 +235,7 @@ def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.npz"
     with pytest.raises(ScenarioError) as info:
         load_file({"path": str(missing)})
-    assert str(info.value) == f"data.params.path: file '{missing}' does not exist"
+    assert str(info.value) == f"data.params.path: '{missing}' does not exist"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ speak through `ctx.wire`, so attacks see what their threat model allows and byte
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from privlab.defenses.base import (
     Placement,
     TransportDefense,
 )
-from privlab.errors import ScenarioError
+from privlab.errors import Diverged, ScenarioError
 from privlab.training import LocalTrainer, TrainSettings, evaluate, seeded_generator
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ class Topology(ABC):
         self.settings = TrainSettings.from_topology(self.spec)
         self.seed = ctx.scenario.seed
         self._clock = time.perf_counter()
+        self.history: list[RoundRecord] = []
 
     @abstractmethod
     def run(self) -> TrainingOutcome: ...
@@ -207,6 +209,9 @@ class Topology(ABC):
             participants,
         )
         self._clock = now
+        self.history.append(rec)
+        if not math.isfinite(loss):  # the runner marks the variant diverged, runs the others
+            raise Diverged(round_, loss, list(self.history))
         if self.ctx.progress:
             self.ctx.progress(round_, self.spec.rounds, acc)
         return rec

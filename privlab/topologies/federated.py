@@ -107,6 +107,7 @@ class FederatedTopology(Topology):
             for attack in ctx.attacks:
                 attack.begin_round(r)
             updates, weights = self._local_round(r, state, trainers, sampled, stays)
+            lost_before = self._late_dropped
             if updates:
                 if aggregation is not None:
                     aggregation.start_round(r, state)
@@ -115,7 +116,9 @@ class FederatedTopology(Topology):
                     k: (v + spec.server_lr * agg[k]) if k in agg else v for k, v in state.items()
                 }
             server_model.load_state_dict(state)
-            record = self.record(r, server_model, participants=len(updates))
+            # Participants: clients whose update reached the server (late dropouts did not).
+            arrived = len(updates) - (self._late_dropped - lost_before)
+            record = self.record(r, server_model, participants=arrived)
             record.epsilon = self._aggregation_epsilon()
             records.append(record)
         privacy = self.worst_case_privacy(
@@ -125,7 +128,11 @@ class FederatedTopology(Topology):
             privacy = ctx.defenses.aggregation.privacy()
         notes = []
         if spec.dropout > 0:
-            dropped = spec.rounds * per_round - sum(rec.participants for rec in records)
+            dropped = (
+                spec.rounds * per_round
+                - sum(rec.participants for rec in records)
+                - self._late_dropped
+            )
             notes.append(f"{dropped} client-rounds dropped out (p={spec.dropout})")
         if self.owner:
             notes.append(f"malicious clients: {sorted(self.owner)}")
