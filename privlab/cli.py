@@ -6,6 +6,7 @@ line, no traceback); 3 internal error (traceback only with PRIVLAB_DEBUG=1).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -209,28 +210,13 @@ def _breaches(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> dict[str, Any]:
-    import torch
-
-    from privlab.report import render_report
-    from privlab.results import ensure_writable, write_output_folder
-    from privlab.runner import ScenarioRun
+def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> Any:
+    from privlab.api import execute
 
     folder = _output_dir(out, scenario.name)
-    ensure_writable(folder)
-    torch.set_num_threads(threads)
     update, progress = _progress_printer(err_console) if not quiet else (None, None)
-    run = ScenarioRun(scenario, progress=update)
-    if progress is not None:
-        with progress:
-            results = run.run()
-    else:
-        results = run.run()
-    html = render_report(results)  # render before writing: a failure leaves both files as they were
-    try:  # both files replace the folder's old pair in one step
-        write_output_folder(folder, results, html)
-    except OSError as exc:
-        raise ScenarioError(f"--out: cannot write to '{folder}' ({exc.strerror or exc})") from None
+    with progress if progress is not None else contextlib.nullcontext():
+        results = execute(scenario, folder, threads=threads, progress=update)
     if not quiet:
         out_console.print(_summary_table(results))
     out_console.print(
@@ -248,10 +234,16 @@ def run(
     seed: SeedOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table.")] = False,
     threads: ThreadsOpt = 1,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="Where variants run: local, or ray (privlab[ray])."),
+    ] = None,
 ) -> None:
     """Run a scenario: train every variant, run its attacks, write results.json and report.html."""
     from privlab.scenario import load_scenario
 
+    if backend is not None:  # validated with the scenario: one line naming `backend`
+        set_ = [*(set_ or []), f"backend={json.dumps(backend)}"]
     results = _execute(load_scenario(scenario, set_, seed), out, quiet, threads)
     breaches = _breaches(results)
     if breaches:
@@ -304,7 +296,7 @@ def sweep(
     raw["variants"] = variants
     raw["name"] = f"{base.name}-sweep"
     raw["expectations"] = sweep_expectations(raw["expectations"], grid_names)
-    results = _execute(build_scenario(raw), out, quiet, threads)
+    results = _execute(build_scenario(raw, base._base_dir), out, quiet, threads)
     breaches = _breaches(results)
     if breaches:
         raise ExpectationBreach("; ".join(breaches))

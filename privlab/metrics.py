@@ -21,9 +21,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
-
-from privlab.confidence import advantage_ci, clopper_pearson, delong_ci
 
 FPR_LEVELS = {"1pct": 0.01, "0.1pct": 0.001, "0pct": 0.0}
 CI_METHODS = {
@@ -86,6 +83,10 @@ def membership_metrics(
     scores: np.ndarray, is_member: np.ndarray, threshold: float | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics and ROC artifact for membership scores (higher = more likely member)."""
+    from sklearn.metrics import roc_auc_score, roc_curve  # on use: keeps start-up light
+
+    from privlab.confidence import advantage_ci, clopper_pearson, delong_ci  # scipy: where used
+
     scores = np.asarray(scores, dtype=np.float64)
     truth = np.asarray(is_member, dtype=bool)
     if not np.all(np.isfinite(scores)):

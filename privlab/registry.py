@@ -42,6 +42,19 @@ class Entry:
             ) from None
 
 
+def plugin_summary(target: str) -> str:
+    """A plug-in's own one-line summary: its `summary` attribute or first docstring line."""
+    try:
+        obj = Entry("", target, "", plugin="?").load()
+    except Exception as exc:  # a broken plug-in must not break `privlab list`
+        return f"(plugin {target}: cannot load: {type(exc).__name__}: {exc})"
+    text = getattr(obj, "summary", None)
+    if not isinstance(text, str) or not text.strip():
+        text = (getattr(obj, "__doc__", None) or "").strip()
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{first} (plugin {target})" if first else f"(plugin {target})"
+
+
 class Registry:
     """Name -> component for one kind (dataset, model, topology, attack, defense)."""
 
@@ -70,7 +83,14 @@ class Registry:
         return sorted(self._entries)
 
     def entries(self) -> list[Entry]:
-        return [self._entries[n] for n in self.names()]
+        """Every entry; a plug-in's summary is its own (imported only here, for listing)."""
+        out = []
+        for n in self.names():
+            e = self._entries[n]
+            if e.plugin is not None and isinstance(e.target, str):
+                e = Entry(e.name, e.target, plugin_summary(e.target), plugin=e.plugin)
+            out.append(e)
+        return out
 
     def __contains__(self, name: str) -> bool:
         self._load_plugins()
@@ -122,6 +142,16 @@ datasets.register(
     "privlab.data:load_file",
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",
 )
+datasets.register(
+    "csv",
+    "privlab.data_csv:load_csv",
+    "your own CSV: text or numeric labels (label_column), optional group_column, standardize",
+)
+datasets.register(
+    "image_folder",
+    "privlab.data_imagefolder:load_image_folder",
+    "a folder of images, one subfolder per class (as torchvision's ImageFolder); params: root",
+)
 
 datasets.register(
     "next_word",
@@ -146,6 +176,11 @@ models.register(
     "privlab.models:build_cnn",
     "small CNN (Conv1d/Conv2d + GroupNorm, Opacus-compatible); params: channels",
 )
+models.register(
+    "python",
+    "privlab.models:build_python",
+    "your own nn.Module: params.factory = 'module:function' (a nets.py beside the TOML works)",
+)
 
 topologies.register(
     "central",
@@ -166,6 +201,11 @@ topologies.register(
     "swarm",
     "privlab.topologies.swarm:SwarmTopology",
     "swarm learning: peers commit weights to a signed, permissioned ledger; a leader merges",
+)
+topologies.register(
+    "pretrained",
+    "privlab.topologies.pretrained:PretrainedTopology",
+    "audit a model trained elsewhere: weights file, member row numbers, the declared recipe",
 )
 
 attacks.register(
@@ -196,7 +236,8 @@ attacks.register(
 attacks.register(
     "dp_audit",
     "privlab.audit:CanaryAudit",
-    "empirical DP audit: canaries in one client, Clopper-Pearson lower bound on epsilon",
+    "empirical DP audit: canaries in one client, one-run (Steinke et al. 2023) or multi-run "
+    "lower bound on epsilon",
 )
 attacks.register(
     "canary_exposure",

@@ -13,6 +13,8 @@ import json
 import math
 import re
 import statistics
+import sys
+import types
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -495,3 +497,17 @@ def render_report(results: dict[str, Any]) -> str:
 def write_report(results: dict[str, Any], path: Path) -> None:
     """Render first, then write atomically: a failed render never leaves half a report."""
     atomic_write_text(Path(path), render_report(results))
+
+
+class _CallableModule(types.ModuleType):
+    """`privlab.report(results, path)` is the API's report function, while `privlab.report` is
+    also this module (importing a submodule sets the package attribute): calling the module
+    calls the function."""
+
+    def __call__(self, results: Any, path: Any) -> Path:
+        from privlab.api import report
+
+        return report(results, path)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -29,10 +29,12 @@ from privlab.attacks.base import (
 )
 from privlab.data import Dataset, load_dataset
 from privlab.defenses.base import Defense
+from privlab.engine.network import network_cost
 from privlab.errors import Diverged, ScenarioError
 from privlab.expectations import check_expectation_paths, check_expectations
+from privlab.fairness import fairness_metrics
 from privlab.metrics import CI_METHODS, membership_metrics
-from privlab.models import build_model
+from privlab.models import build_model, check_model
 from privlab.partition import ClientData, partition
 from privlab.results import (
     SCHEMA_VERSION,
@@ -40,7 +42,7 @@ from privlab.results import (
     null_non_finite,
     package_versions,
 )
-from privlab.scenario import Scenario, VariantSpec, variant_scenario
+from privlab.scenario import Scenario, VariantSpec, portable_dump, variant_scenario
 from privlab.topologies.base import DefenseStack, TopologyContext, TrainingOutcome
 from privlab.training import evaluate
 from privlab.wire import Wire
@@ -146,22 +148,22 @@ def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Refe
     if isinstance(output, MembershipScores):
         metrics, artifacts = membership_metrics(output.scores, referee.is_member, output.threshold)
         output = AttackResult(metrics, {**output.artifacts, **artifacts}, dict(CI_METHODS))
-    graded = {
+    return {
         "name": attack.spec.name,
         "family": attack.family,
         "threat_model": attack.threat_model().model_dump(mode="json"),
         "params": attack.params.model_dump(mode="json"),
         "metrics": {k: _clean(v) for k, v in output.metrics.items()},
         "artifacts": output.artifacts,
+        **({"ci_methods": dict(output.ci_methods)} if output.ci_methods else {}),
     }
-    if output.ci_methods:
-        graded["ci_methods"] = dict(output.ci_methods)
-    return graded
 
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float | np.floating):
         return round(float(v), 6)
+    if isinstance(v, list | tuple):  # an interval [lo, hi]
+        return [_clean(x) for x in v]
     if isinstance(v, np.integer):
         return int(v)
     return v
@@ -190,14 +192,19 @@ class ScenarioRun:
         vs = variant_scenario(scenario, variant, i)
         defenses = DefenseStack.build(instantiate_defenses(vs, variant, i))
         attacks = instantiate_attacks(vs)
-        dataset = self._dataset(vs)
-        clients = partition(dataset.y_train, vs.partition, vs.seed, dataset.groups_train)
+        topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
+        own_data = getattr(topology_cls, "load_data", None)  # pretrained: the members file
+        if own_data is not None:
+            dataset, clients = own_data(vs)
+        else:
+            dataset = self._dataset(vs)
+            clients = partition(dataset.y_train, vs.partition, vs.seed, dataset.groups_train)
+        dp = defenses.local_training is not None  # DP-SGD needs per-sample gradients
+        check_model(vs.model, dataset.input_shape, dataset.num_classes, dp=dp)
         _check_target_parties(attacks, len(clients))
         check_root_size(defenses, len(dataset.y_test))
-        build_model(vs.model, dataset.input_shape, dataset.num_classes)  # model.params checked
         for component in [*defenses.all(), *attacks]:
             component.check_setting(vs, dataset.input_shape, dataset.num_classes)
-        topology_cls = registry.topologies.get(vs.topology.name, "topology.name")
         topology_cls.check_defenses(defenses, vs.topology.name)
         topology_check = getattr(topology_cls, "check_setting", None)
         if topology_check is not None:  # topology params fail before any variant trains
@@ -216,25 +223,42 @@ class ScenarioRun:
                 warnings.filterwarnings("ignore", message=message)
             return self._run()
 
+    def run_variant(self, index: int) -> tuple[str, dict[str, Any]]:
+        """One variant's results (a backend's unit of work)."""
+        with warnings.catch_warnings():
+            for message in KNOWN_HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            prepared = self.variants[index]
+            return prepared[0].name, self._run_variant(*prepared)
+
     def _run(self) -> dict[str, Any]:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         variants = {}
+        if self.scenario.backend == "ray":
+            from privlab.engine.ray_backend import run_variants
+
+            variants = run_variants(self.scenario, len(self.variants))
         for variant, vs, defenses, attacks, dataset, clients in self.variants:
-            variants[variant.name] = self._run_variant(
-                variant, vs, defenses, attacks, dataset, clients
-            )
+            if variant.name not in variants:
+                variants[variant.name] = self._run_variant(
+                    variant, vs, defenses, attacks, dataset, clients
+                )
         results = {
             "schema_version": SCHEMA_VERSION,
             "privlab_version": __version__,
-            "scenario": self.scenario.model_dump(mode="json"),
+            "scenario": portable_dump(self.scenario),
             "seed": self.scenario.seed,
             "versions": package_versions(),
             "variants": variants,
         }
         results = null_non_finite(results)  # JSON has no NaN: null, with a note where it was
         results["expectations"] = check_expectations(self.scenario, results["variants"])
-        results["timing"] = {"started": started, "seconds": round(time.perf_counter() - t0, 3)}
+        results["timing"] = {
+            "started": started,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "backend": self.scenario.backend,
+        }
         return results
 
     def _run_variant(
@@ -332,6 +356,7 @@ class ScenarioRun:
                 "final_loss": per_round[-1]["loss"],
                 "train_loss": round(train_loss, 6),
                 "per_round": per_round,
+                **fairness_metrics(outcome.model, dataset, clients, tensors),
             },
             "attacks": attack_results,
             "privacy": _round_privacy(outcome.privacy),
@@ -340,6 +365,8 @@ class ScenarioRun:
                 "bytes_total": int(sum(bytes_per_round)),
                 "seconds_per_round": [round(r.seconds, 4) for r in outcome.rounds],
                 "seconds": round(time.perf_counter() - t0, 3),
+                **outcome.cost,
+                "network": network_cost(wire.traffic, vs.topology.rounds, vs.topology.network),
             },
             "notes": outcome.notes,
             **({"topology": outcome.extra} if outcome.extra else {}),

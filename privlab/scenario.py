@@ -7,6 +7,7 @@ Every error names the field, the value and what is allowed, in one line.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import math
@@ -17,7 +18,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from privlab import registry
 from privlab.errors import ScenarioError
@@ -58,6 +67,18 @@ class PartitionSpec(Strict):
 class ModelSpec(Strict):
     name: str = "mlp"
     params: dict[str, Any] = Field(default_factory=dict)
+    _base_dir: Path | None = PrivateAttr(default=None)
+    """The scenario file's folder: a `python` model factory is imported from there."""
+
+
+class NetworkSpec(Strict):
+    """Every client's link (pfl-style cost model: the source brief names communication as the
+    bottleneck): round latency = the slowest party's transfer time plus one latency per
+    message, from the bytes it really sent and received."""
+
+    uplink_mbps: PositiveFloat = 10.0
+    downlink_mbps: PositiveFloat = 50.0
+    latency_ms: Annotated[float, Field(ge=0)] = 50.0
 
 
 class TopologySpec(Strict):
@@ -75,6 +96,8 @@ class TopologySpec(Strict):
     server_lr: Annotated[float, Field(gt=0, le=MAX_LR)] = 1.0
     params: dict[str, Any] = Field(default_factory=dict)
     """Topology-specific settings (cut layer, peers, ...)."""
+    network: NetworkSpec | None = None
+    """Client links for the simulated communication latency (none: bytes only)."""
 
 
 class ComponentSpec(Strict):
@@ -116,6 +139,13 @@ class Scenario(Strict):
     """The output folder's name under reports/: one path component, never '.' or '..'."""
     description: str = ""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    engine: Literal["auto", "sequential"] = "auto"
+    """How clients train: "auto" vectorises them where the model allows (else sequential);
+    "sequential" forces the one-client-at-a-time reference path."""
+    backend: Literal["local", "ray"] = "local"
+    """Where variants run: in this process, or as Ray tasks (`pip install 'privlab[ray]'`) on a
+    local Ray started by privlab or the cluster at `ray_address`; results are identical."""
+    ray_address: str | None = None
     data: DataSpec = Field(default_factory=DataSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -125,6 +155,9 @@ class Scenario(Strict):
     """Defenses applied in every variant."""
     variants: list[VariantSpec] = Field(default_factory=list)
     expectations: list[ExpectationSpec] = Field(default_factory=list)
+
+    _base_dir: Path | None = PrivateAttr(default=None)
+    """The scenario file's folder (None: bundled or built in code); relative paths resolve here."""
 
     @field_validator("name")
     @classmethod
@@ -354,11 +387,35 @@ def build_scenario(raw: dict[str, Any], base_dir: Path | None = None) -> Scenari
     except ValidationError as exc:
         raise ScenarioError(_format_validation_error(exc, Scenario)) from None
     _check_names(scenario)
-    if base_dir is not None and "path" in scenario.data.params:
-        path = Path(str(scenario.data.params["path"]))
-        if not path.is_absolute():
-            scenario.data.params["path"] = str((base_dir / path).resolve())
+    if base_dir is not None:
+        for section, key in PATH_FIELDS:
+            params = getattr(scenario, section).params
+            if key in params:
+                path = Path(str(params[key])).expanduser()
+                if not path.is_absolute():
+                    params[key] = str((base_dir / path).resolve())
+    scenario._base_dir = scenario.model._base_dir = base_dir
     return scenario
+
+
+PATH_FIELDS = (("data", "path"), ("data", "root"), ("topology", "weights"), ("topology", "members"))
+"""Params holding file paths, resolved against the scenario file's folder."""
+
+
+def portable_dump(s: Scenario) -> dict[str, Any]:
+    """The scenario as JSON with paths inside its folder written relative to it again, so the
+    same folder run from anywhere gives the same results.json; where it ran (backend, Ray
+    address) is left out, as results are identical on every backend."""
+    raw = s.model_dump(mode="json", exclude={"backend", "ray_address"})
+    if s._base_dir is None:
+        return raw
+    base = str(s._base_dir.resolve())
+    for section, key in PATH_FIELDS:
+        value = raw[section]["params"].get(key)
+        if isinstance(value, str) and Path(value).is_absolute():
+            with contextlib.suppress(ValueError):
+                raw[section]["params"][key] = Path(value).relative_to(base).as_posix()
+    return raw
 
 
 def _check_names(s: Scenario) -> None:
@@ -419,6 +476,6 @@ def variant_scenario(scenario: Scenario, variant: VariantSpec, index: int) -> Sc
             raise ScenarioError(f"variants.{index}.set: '{key}' cannot be set per variant")
         apply_override(raw, key, value)
     try:
-        return build_scenario(raw)
+        return build_scenario(raw, scenario._base_dir)
     except ScenarioError as exc:
         raise ScenarioError(f"variants.{index}.set: {exc}") from None

@@ -1,0 +1,109 @@
+"""Who is served worse: accuracy per client and per group, and the gap between best and worst.
+
+The source brief names discrimination as a risk when the participating devices do not represent
+minorities; Bagdasaryan et al. 2019 ("Differential Privacy Has Disparate Impact on Model
+Accuracy", NeurIPS) show that DP-SGD's clipping and noise cost an under-represented group more
+accuracy than the majority. privlab therefore reports, per variant under `utility`:
+- `per_client_accuracy` {"0": f, ...}: the released model on each client's held-out records
+  (its own distribution, never trained on), and `client_accuracy_gap` = best - worst;
+- `per_group_accuracy` {"<group>": f}: on the test records of each group (a group column of
+  the data, the synthetic minority, a data set's clinics; keyed by `Dataset.group_names`),
+  with `per_group_n`, a Clopper-Pearson 95% interval `per_group_accuracy_ci`, the know-nothing
+  baseline `per_group_accuracy_baseline` (the group's majority-class share), and
+  `group_accuracy_gap` = best - worst with a bootstrap 95% interval.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from privlab.data import Dataset
+from privlab.partition import ClientData
+
+BOOTSTRAP = 1000
+
+
+def correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Per-record correctness of the model's arg-max prediction."""
+    if len(y) == 0:
+        return np.zeros(0, dtype=bool)
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        hit = (model(x).argmax(dim=1) == y).numpy()
+    model.train(was)
+    return hit
+
+
+def clopper_pearson(k: int, n: int) -> list[float]:
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return [round(float(ci.low), 6), round(float(ci.high), 6)]
+
+
+def gap_interval(hits: list[np.ndarray], seed: int = 0) -> list[float]:
+    """Bootstrap 95% interval of max - min accuracy, resampling records within each part."""
+    rng = np.random.default_rng([seed, 59])
+    gaps = np.empty(BOOTSTRAP)
+    for b in range(BOOTSTRAP):
+        accs = [h[rng.integers(0, len(h), len(h))].mean() for h in hits]
+        gaps[b] = max(accs) - min(accs)
+    lo, hi = np.percentile(gaps, [2.5, 97.5])
+    return [round(float(lo), 6), round(float(hi), 6)]
+
+
+def fairness_metrics(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    clients: list[ClientData],
+    tensors: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """The utility keys above (and `class_names` when the data names its classes)."""
+    out: dict[str, Any] = {}
+    client_hits = {}
+    for c in clients:
+        idx = torch.as_tensor(c.holdout_idx)
+        client_hits[str(c.client_id)] = correct(
+            model, tensors["x_train"][idx], tensors["y_train"][idx]
+        )
+    scored = {k: h for k, h in client_hits.items() if len(h)}
+    out["per_client_accuracy"] = {k: round(float(h.mean()), 6) for k, h in scored.items()}
+    if len(scored) >= 2:
+        accs = out["per_client_accuracy"].values()
+        out["client_accuracy_gap"] = round(max(accs) - min(accs), 6)
+        out["client_accuracy_gap_ci"] = gap_interval(list(scored.values()))
+    if dataset.groups_test is not None:
+        out.update(_group_metrics(model, dataset))
+    if dataset.class_names is not None:
+        out["class_names"] = list(dataset.class_names)
+    return out
+
+
+def _group_metrics(model: torch.nn.Module, dataset: Dataset) -> dict[str, Any]:
+    assert dataset.groups_test is not None
+    hits = correct(model, torch.as_tensor(dataset.x_test), torch.as_tensor(dataset.y_test))
+    codes = np.asarray(dataset.groups_test)
+    names = dataset.group_names
+    acc, n, ci, base, parts = {}, {}, {}, {}, []
+    for code in np.unique(codes).tolist():
+        g = names[code] if names is not None and code < len(names) else str(code)
+        mask = codes == code
+        h = hits[mask]
+        acc[g] = round(float(h.mean()), 6)
+        n[g] = int(mask.sum())
+        ci[g] = clopper_pearson(int(h.sum()), len(h))
+        base[g] = round(float(np.bincount(dataset.y_test[mask]).max() / mask.sum()), 6)
+        parts.append(h)
+    out: dict[str, Any] = {
+        "per_group_accuracy": acc,
+        "per_group_n": n,
+        "per_group_accuracy_ci": ci,
+        "per_group_accuracy_baseline": base,
+    }
+    if len(parts) >= 2:
+        out["group_accuracy_gap"] = round(max(acc.values()) - min(acc.values()), 6)
+        out["group_accuracy_gap_ci"] = gap_interval(parts)
+    return out

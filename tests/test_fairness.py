@@ -1,0 +1,107 @@
+"""Accuracy per client and per group, the synthetic minority, and DP-SGD's disparate impact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.metrics import accuracy_score
+
+import privlab
+from privlab.data import load_dataset
+from privlab.fairness import clopper_pearson, fairness_metrics, gap_interval
+from privlab.partition import ClientData
+from privlab.scenario import DataSpec
+
+MINORITY = {"n_samples": 1000, "minority_fraction": 0.1, "minority_shift": 3.0}
+
+
+def test_synthetic_minority_has_few_records_and_its_own_distribution() -> None:
+    d = load_dataset(DataSpec(name="synthetic", params=MINORITY), seed=0)
+    assert d.group_names == ("majority", "minority")
+    groups = np.concatenate([d.groups_train, d.groups_test])
+    assert (groups == 1).sum() == 100
+    # Stratified by group: the test set holds the same minority share as the whole.
+    assert (d.groups_test == 1).mean() == pytest.approx(0.1, abs=0.01)
+    x = np.concatenate([d.x_train, d.x_test])
+    gap = x[groups == 1].mean(axis=0) - x[groups == 0].mean(axis=0)
+    assert np.all(gap > 1.0)  # shifted in every (standardized) feature
+    same = load_dataset(DataSpec(name="synthetic", params=MINORITY), seed=0)
+    np.testing.assert_array_equal(same.x_train, d.x_train)
+    np.testing.assert_array_equal(same.groups_test, d.groups_test)
+
+
+def test_group_and_client_accuracy_against_sklearn() -> None:
+    d = load_dataset(DataSpec(name="synthetic", params=MINORITY), seed=1)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(20, 2)
+    tensors = {k: torch.as_tensor(getattr(d, k)) for k in ("x_train", "y_train")}
+    n = len(d.y_train)
+    clients = [
+        ClientData(0, np.arange(0, n // 2), np.arange(0, n // 4)),
+        ClientData(1, np.arange(n // 2, n), np.arange(n // 2, n // 2 + 50)),
+    ]
+    out = fairness_metrics(model, d, clients, tensors)
+    with torch.no_grad():
+        pred_test = model(torch.as_tensor(d.x_test)).argmax(1).numpy()
+        pred_train = model(tensors["x_train"]).argmax(1).numpy()
+    for code, g in enumerate(("majority", "minority")):
+        mask = d.groups_test == code
+        expected = accuracy_score(d.y_test[mask], pred_test[mask])
+        assert out["per_group_accuracy"][g] == pytest.approx(expected, abs=1e-6)
+        assert out["per_group_n"][g] == mask.sum()
+        prior = np.bincount(d.y_test[mask]).max() / mask.sum()
+        assert out["per_group_accuracy_baseline"][g] == pytest.approx(prior, abs=1e-6)
+    accs = out["per_group_accuracy"].values()
+    assert out["group_accuracy_gap"] == pytest.approx(max(accs) - min(accs), abs=1e-6)
+    for c in clients:
+        expected = accuracy_score(d.y_train[c.holdout_idx], pred_train[c.holdout_idx])
+        assert out["per_client_accuracy"][str(c.client_id)] == pytest.approx(expected, abs=1e-6)
+    lo, hi = out["group_accuracy_gap_ci"]
+    assert lo <= out["group_accuracy_gap"] <= hi
+
+
+def test_clopper_pearson_matches_the_beta_quantiles() -> None:
+    """Exact interval: Beta(k, n-k+1) and Beta(k+1, n-k) quantiles at 2.5% and 97.5%."""
+    for k, n in ((0, 10), (7, 20), (40, 40), (33, 90)):
+        lo = stats.beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0
+        hi = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+        assert clopper_pearson(k, n) == pytest.approx([lo, hi], abs=1e-6)
+
+
+def test_gap_interval_is_seeded_and_covers_a_real_gap() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.random(400) < 0.9, rng.random(80) < 0.6
+    ci = gap_interval([a, b])
+    assert ci == gap_interval([a, b])
+    assert ci[0] < a.mean() - b.mean() < ci[1] and ci[0] > 0.1
+
+
+def test_dp_sgd_costs_the_minority_more_than_the_majority() -> None:
+    """Bagdasaryan et al. 2019, qualitatively, in the bundled fairness_dp scenario: under
+    DP-SGD at epsilon 1 the 5% minority loses more accuracy than the majority."""
+    results = privlab.run(
+        "fairness_dp",
+        overrides={"variants": [{"name": "no_defense"}, _dp_variant()], "expectations": []},
+    )
+    before = results.metric("utility.per_group_accuracy", "no_defense")
+    after = results.metric("utility.per_group_accuracy", "dp_sgd_eps1")
+    loss_major = before["majority"] - after["majority"]
+    loss_minor = before["minority"] - after["minority"]
+    assert loss_minor > loss_major + 0.05, (before, after)
+    gaps = results.metric("utility.group_accuracy_gap")
+    assert gaps["dp_sgd_eps1"] > gaps["no_defense"]
+    assert set(results.metric("utility.per_client_accuracy", "no_defense")) == {
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+    }
+
+
+def _dp_variant() -> dict:
+    scenario = privlab.api._scenario("fairness_dp", None, None)
+    spec = next(v for v in scenario.variants if v.name == "dp_sgd_eps1")
+    return spec.model_dump(mode="json")
