@@ -231,7 +231,6 @@ def fit_reference(
         "mirrored_defenses": [d["name"] for d in shadow.mirrored],
         "dp_sgd": None if shadow.dp is None else dict(shadow.dp.__dict__),
         "not_mirrored_defenses": shadow.not_mirrored,
-        "from_cache": hit,
     }
     if target.train_size is not None and size < target.train_size:
         info["note"] = (
