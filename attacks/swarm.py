@@ -7,16 +7,12 @@
   membership than the merged model an outsider can query.
 - `rogue_peer`: an enrolled peer poisons: it trains on flipped labels and boosts its commit
   (model poisoning, Bhagoji et al. 2019 style scaling). A robust merge (median) resists.
-- `unenrolled_commit`: a node that the authority never enrolled signs and submits commits; the
-  ledger must refuse every one.
-- `ledger_tamper`: an insider with write access to a peer's ledger storage alters an entry after
-  the fact (it replaces the committed weights); ledger verification must detect it and name the
-  entry. The swarm's leader then refuses to merge from the altered ledger.
+The attacks on the ledger itself (outsiders, forging, replaying and re-signing insiders,
+tampering) live in `privlab.attacks.swarm_ledger`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import numpy as np
@@ -26,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from privlab.attacks.base import Attack, AttackResult, FinalView, MembershipScores, ThreatModel
 from privlab.attacks.membership import cross_entropy_per_example
 from privlab.errors import ScenarioError
-from privlab.ledger import Authority, Ledger, LedgerError, PeerIdentity, derive_key
 from privlab.wire import Message
 
 
@@ -138,131 +133,4 @@ class RoguePeerAttack(Attack):
         return AttackResult({"released_accuracy": acc, "rogue_peers": len(self.params.peers)})
 
 
-class UnenrolledParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    impersonate: int | None = None
-    """None: commit under the intruder's own name; a peer id: claim to be that peer."""
-    rounds: list[int] = Field(default_factory=lambda: [1])
-
-
-class UnenrolledCommitAttack(Attack):
-    """A node without enrolment tries to commit (poisoned) weights to the ledger."""
-
-    family = "ledger_integrity"
-    Params = UnenrolledParams
-    topologies = frozenset({"swarm"})
-
-    def __init__(self, spec, field) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(spec, field)
-        self.attempts = 0
-        self.accepted = 0
-        self.reasons: list[str] = []
-
-    def threat_model(self) -> ThreatModel:
-        return ThreatModel(adversary="outsider", active=True, knowledge=("ledger endpoint",))
-
-    def act_on_ledger(self, round_: int, ledger: Ledger) -> None:
-        if round_ not in self.params.rounds:
-            return
-        name = "intruder" if self.params.impersonate is None else f"peer{self.params.impersonate}"
-        me = PeerIdentity(name, derive_key(round_ + 10_000, "intruder"), None)
-        template = ledger.latest("merge") or ledger.latest("commit")
-        weights = {k: torch.zeros_like(v) for k, v in template.weights.items()} if template else {}
-        self.attempts += 1
-        try:
-            ledger.append(ledger.make_entry(me, round_, "commit", weights, {"num_samples": 1}))
-            self.accepted += 1
-        except LedgerError as exc:
-            self.reasons.append(str(exc))
-
-    def finalize(self, view: FinalView) -> AttackResult:
-        return AttackResult(
-            {
-                "attempts": self.attempts,
-                "accepted": self.accepted,
-                "rejected": self.attempts - self.accepted,
-            },
-            {"reasons": self.reasons},
-        )
-
-
-class TamperParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    entry: int = Field(default=1, ge=0)
-    """Index of the ledger entry to alter."""
-    at_round: int = Field(default=2, ge=1)
-    """Round at whose start the alteration happens."""
-
-
-class LedgerTamperAttack(Attack):
-    """After-the-fact alteration of a ledger entry's weights by an insider with storage access."""
-
-    family = "ledger_integrity"
-    Params = TamperParams
-    topologies = frozenset({"swarm"})
-
-    def __init__(self, spec, field) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(spec, field)
-        self.tampered: int | None = None
-        self.ledger: Ledger | None = None
-
-    def threat_model(self) -> ThreatModel:
-        return ThreatModel(
-            adversary="peer",
-            party="peer0",
-            active=True,
-            knowledge=("write access to a ledger replica",),
-        )
-
-    def check_setting(self, scenario, input_shape, num_classes) -> None:  # type: ignore[no-untyped-def]
-        """Refuse an alteration that can never happen: after the last round, or of an entry
-        index beyond the most the ledger can hold then (each earlier round adds at most one
-        commit per peer and one merge)."""
-        p, rounds = self.params, scenario.topology.rounds
-        if p.at_round > rounds:
-            raise ScenarioError(
-                f"{self.field}.params.at_round: round {p.at_round} never comes "
-                f"(topology.rounds = {rounds})"
-            )
-        most = (p.at_round - 1) * (scenario.partition.num_clients + 1)
-        if p.entry >= most:
-            raise ScenarioError(
-                f"{self.field}.params.entry: entry {p.entry} cannot exist when round "
-                f"{p.at_round} starts (the ledger then holds at most {most} entries, "
-                f"indices 0..{most - 1})"
-                if most
-                else f"{self.field}.params.at_round: the ledger is empty when round 1 starts; "
-                "use at_round >= 2"
-            )
-
-    def act_on_ledger(self, round_: int, ledger: Ledger) -> None:
-        self.ledger = ledger
-        if round_ != self.params.at_round or self.params.entry >= len(ledger.storage):
-            return
-        old = ledger.storage[self.params.entry]
-        altered = {k: v + 0.5 for k, v in old.weights.items()}
-        ledger.storage[self.params.entry] = dataclasses.replace(old, weights=altered)
-        self.tampered = self.params.entry
-
-    def finalize(self, view: FinalView) -> AttackResult:
-        if self.ledger is None or self.tampered is None:
-            return AttackResult({"tampered": 0})
-        check = self.ledger.verify()
-        return AttackResult(
-            {
-                "tampered": 1,
-                "tampered_entry": self.tampered,
-                "detected": int(not check.ok),
-                "detected_entry": -1 if check.bad_index is None else check.bad_index,
-            },
-            {"verification": check.message},
-        )
-
-
-__all__ = [
-    "Authority",
-    "LedgerTamperAttack",
-    "PeerMembershipAttack",
-    "RoguePeerAttack",
-    "UnenrolledCommitAttack",
-]
+__all__ = ["PeerMembershipAttack", "RoguePeerAttack"]

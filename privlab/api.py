@@ -196,7 +196,13 @@ def run(
 
 
 def execute(
-    scenario: Any, out: Path | None, *, threads: int = 1, progress: ProgressFn | None = None
+    scenario: Any,
+    out: Path | None,
+    *,
+    threads: int = 1,
+    progress: ProgressFn | None = None,
+    attack_progress: Any = None,
+    invocation: str | None = None,
 ) -> Results:
     """Run a validated Scenario; write both files into `out` (checked writable first)."""
     import torch
@@ -209,7 +215,10 @@ def execute(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        results = Results(ScenarioRun(scenario, progress=progress).run())
+        run = ScenarioRun(
+            scenario, progress=progress, attack_progress=attack_progress, invocation=invocation
+        )
+        results = Results(run.run())
     finally:
         torch.set_num_threads(previous)
     if out is not None:

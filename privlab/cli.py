@@ -145,8 +145,13 @@ def _output_dir(out: Path | None, name: str) -> Path:
     return out if out is not None else Path("reports") / name
 
 
-def _progress_printer(console: Console) -> tuple[Callable[[str, int, int, float], None], Any]:
-    """A rich progress bar on a terminal; sparse plain lines otherwise (CI logs)."""
+Progress = Callable[[str, int, int, float], None]
+AttackProgress = Callable[[str, str, int, int], None]
+
+
+def _progress_printer(console: Console) -> tuple[Progress, Any, AttackProgress]:
+    """Training and attack progress: rich bars on a terminal; sparse plain lines otherwise (CI
+    logs). Returns (round callback, the rich Progress or None, attack callback)."""
     if console.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -154,17 +159,23 @@ def _progress_printer(console: Console) -> tuple[Callable[[str, int, int, float]
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("acc {task.fields[acc]:.3f}"),
+            TextColumn("{task.fields[info]}"),
             console=console,
         )
         tasks: dict[str, Any] = {}
 
         def update(variant: str, r: int, total: int, acc: float) -> None:
             if variant not in tasks:
-                tasks[variant] = progress.add_task(variant, total=total, acc=0.0)
-            progress.update(tasks[variant], completed=r, acc=acc)
+                tasks[variant] = progress.add_task(f"{variant} rounds", total=total, info="")
+            progress.update(tasks[variant], completed=r, info=f"acc {acc:.3f}")
 
-        return update, progress
+        def attack_update(variant: str, attack: str, done: int, total: int) -> None:
+            key = f"{variant}\0attacks"
+            if key not in tasks:
+                tasks[key] = progress.add_task(f"{variant} attacks", total=total, info="")
+            progress.update(tasks[key], completed=done, info=attack or "done")
+
+        return update, progress, attack_update
 
     def plain(variant: str, r: int, total: int, acc: float) -> None:
         if r == total or r == 1 or r % max(1, total // 4) == 0:
@@ -172,34 +183,86 @@ def _progress_printer(console: Console) -> tuple[Callable[[str, int, int, float]
                 f"[{variant}] round {r}/{total} accuracy {acc:.3f}", highlight=False, markup=False
             )
 
-    return plain, None
+    def plain_attack(variant: str, attack: str, done: int, total: int) -> None:
+        text = f"attack {done + 1}/{total} {attack}" if attack else f"attacks {done}/{total} done"
+        console.print(f"[{variant}] {text}", highlight=False, markup=False)
+
+    return plain, None, plain_attack
 
 
 def _summary_table(results: dict[str, Any]) -> Table:
-    table = Table(title=f"privlab · {results['scenario']['name']}", show_lines=False)
-    table.add_column("variant")
-    table.add_column("accuracy", justify="right")
-    table.add_column("epsilon", justify="right")
-    attack_ids = sorted({a for v in results["variants"].values() for a in v["attacks"]})
-    for aid in attack_ids:
-        table.add_column(f"{aid} AUC", justify="right")
-        table.add_column(f"{aid} TPR@1%FPR", justify="right")
+    """One row per variant and attack (long format), so any number of attacks fits 80 columns:
+    each attack's key metric (TPR at low FPR, PSNR and baseline, backdoor success, label-leak
+    AUC) and its risk grade."""
+    from rich import box
+
+    from privlab import grading
+    from privlab.report_verdict import headline
+
+    overrides = grading.overrides_of(results)
+    table = Table(
+        title=f"privlab · {results['scenario']['name']}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("variant", overflow="fold", max_width=16)
+    table.add_column("acc", justify="right", no_wrap=True)
+    table.add_column("ε", justify="right", no_wrap=True)
+    table.add_column("attack", overflow="fold", max_width=13)
+    table.add_column("key metric", overflow="fold", min_width=26)
+    table.add_column("grade", no_wrap=True, min_width=6)
+    accountants = set()
+    notes = {"—: not graded (no rule for the family, or no baseline)"}
     for name, v in results["variants"].items():
         priv = v.get("privacy")
         eps = "—"
-        if priv:
-            approx = "≈" if priv.get("approximate") else ""
-            eps = f"{approx}{priv['epsilon']:.2f} ({priv['accountant']}, δ={priv['delta']:g})"
-        row = [name, f"{v['utility']['final_accuracy']:.3f}", eps]
-        for aid in attack_ids:
-            m = v["attacks"].get(aid, {}).get("metrics", {})
-            row += [_fmt(m.get("auc")), _fmt(m.get("tpr_at_1pct_fpr"))]
-        table.add_row(*row)
+        if priv and priv.get("epsilon") is not None:
+            eps = f"{'≈' if priv.get('approximate') else ''}{priv['epsilon']:.2f}"
+            accountants.add(f"{priv.get('accountant')}, δ={priv.get('delta'):g}")
+        acc = _fmt(v["utility"].get("final_accuracy"))
+        if v.get("status") == "diverged":
+            acc = "div."
+        attacks = list((v.get("attacks") or {}).items()) or [("—", {})]
+        for i, (aid, a) in enumerate(attacks):
+            g = grading.grade(str(a.get("family") or ""), a.get("metrics") or {}, overrides)
+            label, value = headline(a, g) if a else ("", "—")
+            if g.below_resolution:
+                notes.add("†: below resolution (FPR < 1/n_nonmembers)")
+            first = i == 0
+            table.add_row(
+                name if first else "",
+                acc if first else "",
+                eps if first else "",
+                aid,
+                f"{label} {value}".strip(),
+                g.level if a and g.level != "not graded" else "—",
+                end_section=i == len(attacks) - 1,
+            )
+    if accountants:
+        notes.add(f"ε: {'; '.join(sorted(accountants))}")
+    table.caption = "; ".join(sorted(notes))
     return table
 
 
 def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, int | float) else "—"
+
+
+def _invocation(command: str, scenario: str | None, set_: list[str] | None, **opts: Any) -> str:
+    """The command line that reproduces a run, from the arguments it was given; without --out
+    (where a run writes does not change its results, and results.json must not depend on it)."""
+    import shlex
+
+    parts = ["privlab", command] + ([scenario] if scenario else [])
+    for item in set_ or []:
+        parts += ["--set", item]
+    for key, value in opts.items():
+        if isinstance(value, list):
+            for item in value:
+                parts += [f"--{key}", str(item)]
+        elif value is not None:
+            parts += [f"--{key}", str(value)]
+    return shlex.join(parts)
 
 
 def _breaches(results: dict[str, Any]) -> list[str]:
@@ -210,13 +273,24 @@ def _breaches(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _execute(scenario: Any, out: Path | None, quiet: bool, threads: int) -> Any:
+def _execute(
+    scenario: Any, out: Path | None, quiet: bool, threads: int, invocation: str | None = None
+) -> Any:
     from privlab.api import execute
 
     folder = _output_dir(out, scenario.name)
-    update, progress = _progress_printer(err_console) if not quiet else (None, None)
+    update, progress, attack_update = (
+        _progress_printer(err_console) if not quiet else (None, None, None)
+    )
     with progress if progress is not None else contextlib.nullcontext():
-        results = execute(scenario, folder, threads=threads, progress=update)
+        results = execute(
+            scenario,
+            folder,
+            threads=threads,
+            progress=update,
+            attack_progress=attack_update,
+            invocation=invocation,
+        )
     if not quiet:
         out_console.print(_summary_table(results))
     out_console.print(
@@ -244,7 +318,8 @@ def run(
 
     if backend is not None:  # validated with the scenario: one line naming `backend`
         set_ = [*(set_ or []), f"backend={json.dumps(backend)}"]
-    results = _execute(load_scenario(scenario, set_, seed), out, quiet, threads)
+    command = _invocation("run", scenario, set_, seed=seed)
+    results = _execute(load_scenario(scenario, set_, seed), out, quiet, threads, command)
     breaches = _breaches(results)
     if breaches:
         raise ExpectationBreach("; ".join(breaches))
@@ -296,7 +371,8 @@ def sweep(
     raw["variants"] = variants
     raw["name"] = f"{base.name}-sweep"
     raw["expectations"] = sweep_expectations(raw["expectations"], grid_names)
-    results = _execute(build_scenario(raw, base._base_dir), out, quiet, threads)
+    command = _invocation("sweep", scenario, set_, param=param, seed=seed)
+    results = _execute(build_scenario(raw, base._base_dir), out, quiet, threads, command)
     breaches = _breaches(results)
     if breaches:
         raise ExpectationBreach("; ".join(breaches))
@@ -380,6 +456,50 @@ def report(
     except OSError as exc:
         raise ScenarioError(f"{field}: cannot write '{target}' ({exc.strerror or exc})") from None
     out_console.print(f"wrote {target}", highlight=False)
+
+
+@app.command()
+@guarded
+def plot(
+    results: Annotated[Path, typer.Argument(help="A results.json written by privlab run.")],
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--kind",
+            "-k",
+            help="roc | accuracy | epsilon | tradeoff | per-client | per-group (the report's "
+            "figures, drawn by the same functions).",
+        ),
+    ] = "roc",
+    attack: Annotated[
+        str | None, typer.Option("--attack", help="roc only: one attack id (default: all).")
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Figure file: .pdf, .svg or .png.")
+    ] = Path("figure.pdf"),
+) -> None:
+    """Draw one of the report's figures from a results.json into a PDF, SVG or PNG file."""
+    from privlab import figures, plots
+    from privlab.results import read_results
+
+    if kind not in figures.KINDS:
+        raise ScenarioError(f"--kind: unknown kind '{kind}'; allowed: {', '.join(figures.KINDS)}")
+    if output.suffix.lower() not in {".pdf", ".svg", ".png"}:
+        raise ScenarioError(f"--output: '{output}' must end in .pdf, .svg or .png")
+    if attack is not None and kind != "roc":
+        raise ScenarioError("--attack: only for --kind roc")
+    data = read_results(results)
+    if attack is not None and attack not in figures.membership_attacks(data):
+        known = ", ".join(figures.membership_attacks(data)) or "none"
+        raise ScenarioError(
+            f"--attack: no ROC for '{attack}' in {results}; attacks with one: {known}"
+        )
+    fig = figures.roc(data, attack) if kind == "roc" else figures.KINDS[kind](data)
+    if fig is None:
+        raise ScenarioError(f"--kind {kind}: {results} holds no data for this figure")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    plots.save(fig, output)
+    out_console.print(f"wrote {output}", highlight=False)
 
 
 from privlab import cli_gate  # noqa: E402  (its commands need guarded and the options above)

@@ -8,13 +8,21 @@ their weights to a permissioned ledger. Here:
   SHA-256 digest of the weights; the entry hash covers all of it and the author signs that hash
   with its Ed25519 key (`cryptography`);
 - `Ledger.append` refuses entries from unenrolled nodes, bad signatures or a broken chain;
-- `Ledger.verify` re-checks everything after the fact and names the first altered entry.
-Keys are derived from the scenario seed, so a run is reproducible (Ed25519 signatures are
-deterministic).
+- `Ledger.verify` re-checks everything after the fact and names the first altered entry;
+  `Ledger.latest_verified` is the read a peer acts on: the newest entry of a kind inside the
+  verified prefix of the chain, never one at or after the first bad entry.
+Every key (the authority's and each peer's) is a fresh Ed25519 key from the operating system's
+randomness (OpenSSL's CSPRNG): nothing in the scenario file, the seed included, lets anyone
+forge a commit or a certificate. Runs stay reproducible because nothing downstream depends on
+signature bytes: the entry hash (which the chain links and the leader choice use) covers the
+header only, and results record verification outcomes, never keys or signatures.
+Attacks never receive the `Ledger` (which reaches the authority): they get a `LedgerView`
+(`privlab.ledger_view`) that reads entries and submits entries signed with keys they hold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -51,10 +59,9 @@ def public_bytes(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def derive_key(seed: int, name: str) -> Ed25519PrivateKey:
-    """A reproducible Ed25519 key for `name` (simulation only: real peers keep random keys)."""
-    secret = hashlib.sha256(f"privlab-ledger|{seed}|{name}".encode()).digest()
-    return Ed25519PrivateKey.from_private_bytes(secret)
+def new_key() -> Ed25519PrivateKey:
+    """A fresh Ed25519 key from the operating system's randomness."""
+    return Ed25519PrivateKey.generate()
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class Certificate:
 
 @dataclass(frozen=True)
 class PeerIdentity:
-    """A node's name, private key and (if enrolled) certificate."""
+    """A node's name, private key and (if enrolled) certificate: what that node holds."""
 
     name: str
     key: Ed25519PrivateKey
@@ -82,16 +89,21 @@ class PeerIdentity:
 
 
 class Authority:
-    """Enrols peers before training; its registry is what the ledger trusts."""
+    """Enrols peers before training; its registry is what the ledger trusts.
 
-    def __init__(self, seed: int) -> None:
-        self._key = derive_key(seed, "authority")
+    Its signing key is random and never leaves this object; the swarm hands attacks a
+    `LedgerView`, which holds no reference to the authority."""
+
+    def __init__(self) -> None:
+        self._key = new_key()
         self.public_key = self._key.public_key()
         self.registry: dict[str, Certificate] = {}
-        self.seed = seed
 
     def enrol(self, name: str) -> PeerIdentity:
-        key = derive_key(self.seed, name)
+        """A new peer: a fresh key pair and the authority's certificate over its public key."""
+        if name in self.registry:
+            raise LedgerError(f"peer '{name}' is already enrolled")
+        key = new_key()
         pub = public_bytes(key.public_key())
         cert = Certificate(name, pub, self._key.sign(b"enrol|" + name.encode() + b"|" + pub))
         self.registry[name] = cert
@@ -165,30 +177,7 @@ class Ledger:
         self, who: PeerIdentity, round_: int, kind: str, weights: Weights, meta: dict | None = None
     ) -> Entry:
         """An entry signed by `who`, chained to the current head."""
-        frozen = {k: v.detach().clone() for k, v in weights.items()}
-        draft = Entry(
-            len(self.storage),
-            self.head_hash,
-            round_,
-            who.name,
-            kind,
-            weights_digest(frozen),
-            dict(meta or {}),
-            frozen,
-        )
-        digest = draft.compute_hash()
-        return Entry(
-            draft.index,
-            draft.prev_hash,
-            round_,
-            who.name,
-            kind,
-            draft.digest,
-            draft.meta,
-            frozen,
-            digest,
-            who.sign(digest.encode()),
-        )
+        return sign_entry(draft_entry(self, who.name, round_, kind, weights, meta), who)
 
     def append(self, entry: Entry) -> Entry:
         """Check author enrolment, signature, chain and digest; refuse with LedgerError."""
@@ -224,16 +213,32 @@ class Ledger:
                 f"signature does not verify with the enrolled key of '{entry.author}'"
             ) from None
 
-    def verify(self) -> Verification:
-        """Re-check every entry from the genesis; name the first one that fails."""
+    def verify(self, upto: int | None = None) -> Verification:
+        """Re-check every entry from the genesis (through index `upto`, default all); name the
+        first one that fails."""
+        last = len(self.storage) - 1 if upto is None else min(upto, len(self.storage) - 1)
         prev = GENESIS
-        for i, entry in enumerate(self.storage):
+        for i, entry in enumerate(self.storage[: last + 1]):
             try:
                 self._check(entry, prev, i)
             except LedgerError as exc:
-                return Verification(False, len(self.storage), i, f"{entry.describe()}: {exc}")
+                return Verification(False, last + 1, i, f"{entry.describe()}: {exc}")
             prev = entry.hash
-        return Verification(True, len(self.storage))
+        return Verification(True, last + 1)
+
+    def latest_verified(
+        self, kind: str, author: str | None = None
+    ) -> tuple[Entry | None, Verification]:
+        """The read a peer acts on: the newest `kind` entry whose chain up to it verifies.
+
+        Entries at or after the first bad one are never returned (a later entry chains through
+        the bad one, so it is unverifiable too)."""
+        check = self.verify()
+        usable = self.storage if check.ok else self.storage[: check.bad_index]
+        for entry in reversed(usable):
+            if entry.kind == kind and (author is None or entry.author == author):
+                return entry, check
+        return None, check
 
     def latest(self, kind: str, author: str | None = None) -> Entry | None:
         for entry in reversed(self.storage):
@@ -245,3 +250,27 @@ class Ledger:
         """Deterministic leader choice from the ledger state: H(head hash, round) mod n."""
         h = hashlib.sha256(f"{self.head_hash}|{round_}".encode()).digest()
         return int.from_bytes(h[:8], "big") % n
+
+
+def draft_entry(
+    ledger: Ledger, author: str, round_: int, kind: str, weights: Weights, meta: dict | None
+) -> Entry:
+    """An unsigned entry claiming `author`, chained to the ledger's current head."""
+    frozen = {k: v.detach().clone() for k, v in weights.items()}
+    return Entry(
+        len(ledger.storage),
+        ledger.head_hash,
+        round_,
+        author,
+        kind,
+        weights_digest(frozen),
+        dict(meta or {}),
+        frozen,
+    )
+
+
+def sign_entry(entry: Entry, key: PeerIdentity | Ed25519PrivateKey) -> Entry:
+    """`entry` with its hash recomputed and signed by `key` (whatever name the entry claims)."""
+    digest = entry.compute_hash()
+    sign = key.sign
+    return dataclasses.replace(entry, hash=digest, signature=sign(digest.encode()))

@@ -1,252 +1,245 @@
-"""Plots as self-contained inline SVG strings: no matplotlib, fonts, CSS, scripts or network.
+"""matplotlib plumbing shared by every privlab figure: the look, the colours, SVG export.
 
-The report must open from a CI artifact with nothing else around it, so every figure is plain
-SVG text built here. All text placed in a figure (titles, labels, variant names, which are user
-input) goes through ``html.escape``. Series use the Okabe-Ito palette, which stays distinct under
-the common colour-vision deficiencies, and dash patterns or marker shapes once it cycles.
+Figures are built on a bare ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot state, no
+GUI backend, so a notebook's own backend is left alone). :func:`to_svg` turns a figure into SVG
+for inline use in the HTML report: text stays text (``svg.fonttype = "none"``, system sans-serif
+fonts), and the XML prologue, RDF metadata and namespace declarations are dropped so the report
+holds no external address; ids get a per-figure prefix so several figures share one page.
 
-The returned ``<svg>`` has no ``xmlns`` so that the HTML report holds no ``http://`` address;
-inline SVG in HTML needs none. Use :func:`standalone_svg` to write a figure as its own file.
+Colours: the Okabe-Ito palette (distinct under the common colour-vision deficiencies). A variant
+keeps its colour in every figure of a report: :func:`variant_colours` fixes the mapping from the
+results' variant order and :func:`use_colours` makes it the default for every plot drawn inside.
+matplotlib is imported lazily so ``privlab --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from html import escape
-from typing import Any
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
 
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
 """Okabe-Ito, ordered for a white background (the low-contrast yellow comes last)."""
-DASHES = ("", "7 3", "2 2", "9 3 2 3")
-MARKERS = ("circle", "square", "triangle", "diamond")
-FONT = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+MAX_LABEL = 60
+WIDTH_IN, HEIGHT_IN = 6.4, 3.6
+STYLE: dict[str, Any] = {
+    "svg.fonttype": "none",  # text stays text in the SVG: searchable, selectable, system font
+    "svg.hashsalt": "privlab",  # deterministic ids
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "Arial", "Helvetica"],
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.titlelocation": "left",
+    "axes.grid": True,
+    "grid.color": "#dddddd",
+    "grid.linewidth": 0.7,
+    "axes.edgecolor": "#999999",
+    "axes.labelcolor": "#222222",
+    "xtick.color": "#444444",
+    "ytick.color": "#444444",
+    "axes.prop_cycle": None,  # set in style() (needs cycler)
+    "legend.frameon": False,
+    "legend.fontsize": 9,
+    "lines.linewidth": 2.0,
+    "lines.markersize": 5,
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+    "pdf.fonttype": 42,  # TrueType in PDFs, editable text
+}
+_colours: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "privlab_colours", default=None
+)
 
-_MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 66, 18, 34, 46
-_LEGEND_ROW = 18
-_CHAR_WIDTH = 6.6  # rough width of one 11-12px sans-serif character, for layout only
-_MAX_LABEL = 60
-_AUTO_MARKERS = 15  # series with at most this many points get markers in line plots
+
+# --------------------------------------------------------------------------- look and colours
 
 
-# --------------------------------------------------------------------------- scales
+def style() -> dict[str, Any]:
+    """The rcParams every privlab figure is drawn and saved with."""
+    from cycler import cycler
+
+    return {**STYLE, "axes.prop_cycle": cycler(color=list(PALETTE))}
 
 
-@dataclass(frozen=True)
-class _Scale:
-    """Maps data values on one axis to pixels; log scales clip values below `lo` to `lo`."""
-
-    lo: float
-    hi: float
-    px0: float
-    px1: float
-    log: bool
-
-    def _t(self, v: float) -> float:
-        return math.log10(v) if self.log else v
-
-    def __call__(self, v: float) -> float:
-        if self.log and v < self.lo:
-            v = self.lo
-        a, b = self._t(self.lo), self._t(self.hi)
-        return self.px0 + (self._t(v) - a) / (b - a) * (self.px1 - self.px0)
+def variant_colours(results: Mapping[str, Any]) -> dict[str, str]:
+    """Variant name -> colour, in the results' variant order (cycling past eight). Sweep
+    variants ("<base>|<param>=<value>") take their base's colour (and the base name is mapped
+    too), so one aggregator or defense is one colour across the grid; markers tell the grid
+    points apart (:func:`variant_markers`)."""
+    v = results.get("variants")
+    names = [str(k) for k in v] if isinstance(v, dict) else []
+    bases = list(dict.fromkeys(n.split("|")[0] for n in names))
+    base_colour = {b: PALETTE[i % len(PALETTE)] for i, b in enumerate(bases)}
+    out = {n: base_colour[n.split("|")[0]] for n in names}
+    return {**{b: c for b, c in base_colour.items() if b not in out}, **out}
 
 
-def _finite(values: Iterable[float]) -> list[float]:
-    out = []
-    for v in values:
+def variant_markers(results: Mapping[str, Any]) -> dict[str, str]:
+    """Variant name -> marker: by grid point in a sweep, else by how often the palette cycled."""
+    v = results.get("variants")
+    names = [str(k) for k in v] if isinstance(v, dict) else []
+    points = list(dict.fromkeys(n.partition("|")[2] for n in names))
+    if len(points) > 1:
+        return {n: MARKERS[points.index(n.partition("|")[2]) % len(MARKERS)] for n in names}
+    return {n: MARKERS[(i // len(PALETTE)) % len(MARKERS)] for i, n in enumerate(names)}
+
+
+@contextlib.contextmanager
+def use_colours(colours: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, series labelled with a variant's name are drawn in its colour."""
+    token = _colours.set(dict(colours))
+    try:
+        yield
+    finally:
+        _colours.reset(token)
+
+
+def colour_for(label: str, index: int, colours: Mapping[str, str] | None = None) -> str:
+    """The variant colour when `label` names a variant (exactly, or before " (" or " / "),
+    else the palette at `index` counted after the variant colours."""
+    mapping = colours if colours is not None else (_colours.get() or {})
+    for key in (label, label.split(" (")[0], label.split(" / ")[0], label.split("|")[0]):
+        if key in mapping:
+            return mapping[key]
+    return PALETTE[(len(mapping) + index) % len(PALETTE)]
+
+
+def short(text: Any) -> str:
+    s = str(text)
+    return s if len(s) <= MAX_LABEL else s[: MAX_LABEL - 1] + "…"
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def new_axes(ax: Axes | None, height: float = HEIGHT_IN, width: float = WIDTH_IN) -> Axes:
+    """The caller's axes, or the single axes of a new constrained-layout figure (Agg canvas)."""
+    if ax is not None:
+        return ax
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with rc():
+        fig = Figure(figsize=(width, height), layout="constrained")
+        FigureCanvasAgg(fig)
+        return fig.add_subplot()
+
+
+def rc() -> Any:
+    import matplotlib
+
+    return matplotlib.rc_context(style())
+
+
+def legend_below(ax: Axes, owns_figure: bool, labels_count: int | None = None) -> None:
+    """A legend outside the axes, below them, in as many columns as the labels fit; a normal
+    in-axes legend when the caller supplied the axes."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    if not owns_figure:
+        ax.legend(loc="best")
+        return
+    fig = ax.figure
+    width_px = fig.get_figwidth() * 72
+    longest = max(len(t) for t in labels)
+    ncols = max(1, min(len(labels), int(width_px // (longest * 5.6 + 34))))
+    rows = math.ceil(len(labels) / ncols)
+    fig.set_figheight(fig.get_figheight() + 0.2 * rows)
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, handlelength=2.4)
+
+
+def draw(
+    ax: Axes | None,
+    series: Series,
+    *,
+    kind: str = "line",
+    title: str = "",
+    x_label: str = "",
+    y_label: str = "",
+    x_log: bool = False,
+    y_log: bool = False,
+    x_range: tuple[float, float] | None = None,
+    y_range: tuple[float, float] | None = None,
+    diagonal: bool = False,
+    markers: bool | None = None,
+    colours: Mapping[str, str] | None = None,
+    linestyles: Mapping[str, str] | None = None,
+    marker_map: Mapping[str, str] | None = None,
+) -> Figure:
+    """One line (or marker set) per series label -> (xs, ys); returns the figure.
+
+    On log axes values at or below the axis minimum (zeros included) are drawn at the minimum.
+    Non-finite points break a line. `diagonal` adds the dashed chance line y = x.
+    """
+    owns = ax is None
+    with rc():
+        ax = new_axes(ax)
+        for i, (name, (xs, ys)) in enumerate(series.items()):
+            px, py = _points(xs, ys, x_range if x_log else None, y_range if y_log else None)
+            colour = colour_for(str(name), i, colours)
+            few = sum(1 for v in px if math.isfinite(v)) <= 15
+            show_markers = kind == "scatter" or (markers if markers is not None else few)
+            style = (linestyles or {}).get(str(name), LINESTYLES[(i // len(PALETTE)) % 4])
+            ax.plot(
+                px,
+                py,
+                color=colour,
+                linestyle="none" if kind == "scatter" else style,
+                marker=(
+                    (marker_map or {}).get(str(name), MARKERS[(i // len(PALETTE)) % len(MARKERS)])
+                    if show_markers
+                    else None
+                ),
+                markersize=7 if kind == "scatter" else 5,
+                label=short(name),
+                clip_on=True,
+            )
+        _axes(ax, title, x_label, y_label, x_log, y_log, x_range, y_range, diagonal)
+        if not series:
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="#777777")
+        legend_below(ax, owns)
+        return ax.figure
+
+
+def _points(
+    xs: Sequence[Any],
+    ys: Sequence[Any],
+    x_floor: tuple[float, float] | None,
+    y_floor: tuple[float, float] | None,
+) -> tuple[list[float], list[float]]:
+    def num(v: Any) -> float:
         try:
             f = float(v)
         except (TypeError, ValueError):
-            continue
-        if math.isfinite(f):
-            out.append(f)
-    return out
+            return math.nan
+        return f if math.isfinite(f) else math.nan
+
+    px = [num(x) for x in xs][: len(ys)]
+    py = [num(y) for y in ys][: len(px)]
+    if x_floor is not None:
+        px = [max(v, x_floor[0]) if math.isfinite(v) else v for v in px]
+    if y_floor is not None:
+        py = [max(v, y_floor[0]) if math.isfinite(v) else v for v in py]
+    return px, py
 
 
-def _nice_step(span: float, integer: bool, target: int = 6) -> float:
-    """The 1-2-5 step giving the tick count nearest to `target` (whole steps on integer data)."""
-    raw = span / target
-    mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 5, 10)), key=lambda st: abs(math.log(raw / st)))
-    return max(step, 1.0) if integer else step
-
-
-def _domain(
-    values: list[float],
-    given: tuple[float, float] | None,
-    log: bool,
-    integer: bool,
-    nice: bool,
-) -> tuple[float, float]:
-    """Axis limits: the caller's, else the data's (rounded out to nice ticks or decades)."""
-    if given is not None:
-        lo, hi = float(given[0]), float(given[1])
-        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-            raise ValueError(f"axis range must be finite with min < max, got {given!r}")
-        if log and lo <= 0:
-            raise ValueError(f"a log axis needs a positive minimum, got {given!r}")
-        return lo, hi
-    if log:
-        pos = [v for v in values if v > 0]
-        if not pos:
-            return 1e-3, 1.0
-        lo = 10 ** math.floor(math.log10(min(pos)))
-        hi = 10 ** math.ceil(math.log10(max(pos)))
-        return (lo, hi) if hi > lo else (lo, lo * 10)
-    if not values:
-        return 0.0, 1.0
-    lo, hi = min(values), max(values)
-    if hi == lo:
-        pad = abs(lo) * 0.1 or 1.0
-        lo, hi = lo - pad, hi + pad
-    if not nice:
-        return lo, hi
-    step = _nice_step(hi - lo, integer)
-    return math.floor(lo / step + 1e-9) * step, math.ceil(hi / step - 1e-9) * step
-
-
-def _ticks(lo: float, hi: float, log: bool, integer: bool) -> tuple[list[float], list[float]]:
-    """Major ticks (labelled) and minor ticks (light grid only)."""
-    if log:
-        e0, e1 = math.ceil(math.log10(lo) - 1e-9), math.floor(math.log10(hi) + 1e-9)
-        stride = max(1, math.ceil((e1 - e0 + 1) / 8))
-        major = [10.0**e for e in range(e0, e1 + 1, stride)]
-        minor = []
-        if stride == 1 and e1 - e0 <= 5:
-            for e in range(e0 - 1, e1 + 1):
-                minor += [m * 10.0**e for m in range(2, 10) if lo <= m * 10.0**e <= hi]
-        if len(major) < 2:  # less than a decade: label the ends too
-            major = sorted({lo, *major, hi})
-        return major, minor
-    step = _nice_step(hi - lo, integer)
-    first = math.ceil(lo / step - 1e-9)
-    major = []
-    k = first
-    while k * step <= hi + step * 1e-9:
-        major.append(k * step)
-        k += 1
-    return major, []
-
-
-def _fmt_tick(v: float, log: bool, step: float | None) -> str:
-    if log:
-        e = math.log10(v)
-        if abs(e - round(e)) < 1e-9 and not -3 <= round(e) <= 3:
-            sup = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
-            return "10" + str(round(e)).translate(sup)
-        return f"{v:.4g}"
-    decimals = 0
-    if step is not None:
-        decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-        while decimals < 8 and abs(step * 10**decimals - round(step * 10**decimals)) > 1e-6:
-            decimals += 1  # steps like 0.25 or 2.5
-    text = f"{v:.{decimals}f}"
-    return "0" if text.strip("-0.") == "" else text
-
-
-def _num(v: float) -> str:
-    return f"{v:.1f}".removesuffix(".0")
-
-
-def _label(text: Any) -> str:
-    s = str(text)
-    return s if len(s) <= _MAX_LABEL else s[: _MAX_LABEL - 1] + "…"
-
-
-def _text_width(text: str, size: float = 12) -> float:
-    return len(text) * _CHAR_WIDTH * size / 12
-
-
-# --------------------------------------------------------------------------- drawing
-
-
-def _marker(shape: str, x: float, y: float, colour: str, r: float = 3.2) -> str:
-    if shape == "square":
-        return (
-            f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r:.1f}" height="{2 * r:.1f}" '
-            f'fill="{colour}"/>'
-        )
-    if shape == "triangle":
-        a, b = r * 1.1, r * 1.2
-        pts = f"{x:.1f},{y - b:.1f} {x - a:.1f},{y + r:.1f} {x + a:.1f},{y + r:.1f}"
-        return f'<polygon points="{pts}" fill="{colour}"/>'
-    if shape == "diamond":
-        q = r * 1.3
-        pts = f"{x:.1f},{y - q:.1f} {x + q:.1f},{y:.1f} {x:.1f},{y + q:.1f} {x - q:.1f},{y:.1f}"
-        return f'<polygon points="{pts}" fill="{colour}"/>'
-    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" fill="{colour}"/>'
-
-
-def _vline(x: float, y0: float, y1: float, colour: str) -> str:
-    return f'<line x1="{x:.1f}" y1="{y0:.1f}" x2="{x:.1f}" y2="{y1:.1f}" stroke="{colour}"/>'
-
-
-def _hline(y: float, x0: float, x1: float, colour: str) -> str:
-    return f'<line x1="{x0:.1f}" y1="{y:.1f}" x2="{x1:.1f}" y2="{y:.1f}" stroke="{colour}"/>'
-
-
-def _pixel_runs(
-    xs: Sequence[float], ys: Sequence[float], sx: _Scale, sy: _Scale
-) -> list[list[tuple[float, float]]]:
-    """Pixel points split into runs at non-finite values, with repeated pixels dropped."""
-    runs: list[list[tuple[float, float]]] = [[]]
-    for x, y in zip(xs, ys, strict=False):
-        try:
-            fx, fy = float(x), float(y)
-        except (TypeError, ValueError):
-            fx = fy = math.nan
-        if not (math.isfinite(fx) and math.isfinite(fy)):
-            if runs[-1]:
-                runs.append([])
-            continue
-        p = (round(sx(fx), 1), round(sy(fy), 1))
-        if not runs[-1] or runs[-1][-1] != p:
-            runs[-1].append(p)
-    return [r for r in runs if r]
-
-
-def _style(i: int) -> tuple[str, str, str]:
-    """Colour, dash pattern and marker shape of the i-th series."""
-    n = len(PALETTE)
-    return PALETTE[i % n], DASHES[(i // n) % len(DASHES)], MARKERS[(i // n) % len(MARKERS)]
-
-
-def _legend(labels: list[str], width: float, top: float, kind: str) -> tuple[list[str], float]:
-    """Legend entries flowed left to right below the plot; returns elements and height."""
-    parts: list[str] = []
-    x, y = _MARGIN_LEFT, top
-    for i, label in enumerate(labels):
-        colour, dash, shape = _style(i)
-        text = _label(label)
-        w = 30 + _text_width(text, 11.5) + 18
-        if x > _MARGIN_LEFT and x + w > width - _MARGIN_RIGHT:
-            x, y = _MARGIN_LEFT, y + _LEGEND_ROW
-        cy = y + _LEGEND_ROW / 2
-        if kind == "line":
-            dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
-            parts.append(
-                f'<line x1="{x:.1f}" y1="{cy:.1f}" x2="{x + 24:.1f}" y2="{cy:.1f}" '
-                f'stroke="{colour}" stroke-width="2.2"{dash_attr}/>'
-            )
-        parts.append(_marker(shape, x + 12, cy, colour))
-        parts.append(
-            f'<text x="{x + 30:.1f}" y="{cy + 4:.1f}" font-size="11.5" fill="#222">'
-            f"{escape(text)}</text>"
-        )
-        x += w
-    height = (y - top + _LEGEND_ROW + 6) if labels else 0
-    return parts, height
-
-
-def _xy_plot(
-    series: Series,
-    *,
-    kind: str,
+def _axes(
+    ax: Axes,
     title: str,
     x_label: str,
     y_label: str,
@@ -255,168 +248,104 @@ def _xy_plot(
     x_range: tuple[float, float] | None,
     y_range: tuple[float, float] | None,
     diagonal: bool,
-    markers: bool | None,
-    point_labels: Mapping[str, Sequence[str]] | None,
-    width: int,
-    height: int,
-) -> str:
-    xs_all = [v for xs, _ in series.values() for v in _finite(xs)]
-    ys_all = [v for _, ys in series.values() for v in _finite(ys)]
-    x_int = bool(xs_all) and all(v.is_integer() for v in xs_all)
-    y_int = bool(ys_all) and all(v.is_integer() for v in ys_all)
-    # x spans exactly the data (rounds 1..R), y is rounded out so the curves get headroom.
-    x_lo, x_hi = _domain(xs_all, x_range, x_log, x_int, nice=False)
-    y_lo, y_hi = _domain(ys_all, y_range, y_log, y_int, nice=True)
+) -> None:
+    from matplotlib.ticker import LogLocator, NullFormatter
 
-    left, right = _MARGIN_LEFT, width - _MARGIN_RIGHT
-    top, bottom = _MARGIN_TOP, height - _MARGIN_BOTTOM
-    sx = _Scale(x_lo, x_hi, left, right, x_log)
-    sy = _Scale(y_lo, y_hi, bottom, top, y_log)
-
-    grid: list[str] = []
-    axes: list[str] = []
-    x_major, x_minor = _ticks(x_lo, x_hi, x_log, x_int)
-    y_major, y_minor = _ticks(y_lo, y_hi, y_log, y_int)
-    x_step = None if x_log else _nice_step(x_hi - x_lo, x_int)
-    y_step = None if y_log else _nice_step(y_hi - y_lo, y_int)
-    for v in x_minor:
-        grid.append(_vline(sx(v), top, bottom, "#f0f0f0"))
-    for v in y_minor:
-        grid.append(_hline(sy(v), left, right, "#f0f0f0"))
-    for v in x_major:
-        px = sx(v)
-        grid.append(_vline(px, top, bottom, "#dddddd"))
-        axes.append(
-            _vline(px, bottom, bottom + 4, "#555")
-            + f'<text x="{px:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11" '
-            f'fill="#444">{escape(_fmt_tick(v, x_log, x_step))}</text>'
-        )
-    for v in y_major:
-        py = sy(v)
-        grid.append(_hline(py, left, right, "#dddddd"))
-        axes.append(
-            _hline(py, left - 4, left, "#555")
-            + f'<text x="{left - 7}" y="{py + 4:.1f}" text-anchor="end" font-size="11" '
-            f'fill="#444">{escape(_fmt_tick(v, y_log, y_step))}</text>'
-        )
-    axes.append(
-        f'<text x="{(left + right) / 2:.1f}" y="{height - 10}" text-anchor="middle" '
-        f'font-size="12" fill="#222">{escape(x_label)}</text>'
-        f'<text transform="translate(16 {(top + bottom) / 2:.1f}) rotate(-90)" '
-        f'text-anchor="middle" font-size="12" fill="#222">{escape(y_label)}</text>'
-    )
-
-    data: list[str] = []
+    for on, axis, setter in ((x_log, ax.xaxis, ax.set_xscale), (y_log, ax.yaxis, ax.set_yscale)):
+        if on:
+            setter("log")
+            # minor ticks at 2x and 5x only: a readable grid at half the layout cost
+            axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            axis.set_minor_formatter(NullFormatter())
+    if x_range is not None:
+        ax.set_xlim(*x_range)
+    if y_range is not None:
+        ax.set_ylim(*y_range)
     if diagonal:
-        lo, hi = max(x_lo, y_lo), min(x_hi, y_hi)
+        lo = max(ax.get_xlim()[0], ax.get_ylim()[0])
+        hi = min(ax.get_xlim()[1], ax.get_ylim()[1])
         if hi > lo:
             n = 64 if x_log != y_log else 2
-            vals = (
-                [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)]
-                if x_log
-                else [lo + (hi - lo) * k / (n - 1) for k in range(n)]
-            )
-            pts = " ".join(f"{_num(sx(v))},{_num(sy(v))}" for v in vals)
-            data.append(
-                f'<polyline points="{pts}" fill="none" stroke="#888" stroke-width="1.2" '
-                f'stroke-dasharray="5 4"/>'
-            )
-    for i, (name, (xs, ys)) in enumerate(series.items()):
-        colour, dash, shape = _style(i)
-        runs = _pixel_runs(xs, ys, sx, sy)
-        n_points = sum(len(r) for r in runs)
-        show_markers = kind == "scatter" or (
-            markers if markers is not None else n_points <= _AUTO_MARKERS
-        )
-        group = [f"<title>{escape(_label(name))}</title>"]
-        if kind == "line":
-            dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
-            for run in runs:
-                pts = " ".join(f"{_num(x)},{_num(y)}" for x, y in run)
-                group.append(
-                    f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="2.2" '
-                    f'stroke-linejoin="round" stroke-linecap="round"{dash_attr}/>'
-                )
-        if show_markers:
-            group += [_marker(shape, x, y, colour) for run in runs for x, y in run]
-        data.append(f"<g>{''.join(group)}</g>")
+            vals = [lo * (hi / lo) ** (k / (n - 1)) for k in range(n)] if x_log else [lo, hi]
+            ax.plot(vals, vals, color="#888888", linestyle="--", linewidth=1.1, label="chance")
+    if title:
+        ax.set_title(short(title), wrap=True)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    ax.grid(True, which="major")
+    if x_log or y_log:
+        ax.grid(True, which="minor", color="#f0f0f0", linewidth=0.5)
+    ax.set_axisbelow(True)
 
-    notes: list[str] = []
-    for i, (name, texts) in enumerate((point_labels or {}).items()):
-        if name not in series:
-            continue
-        xs, ys = series[name]
-        for x, y, text in zip(xs, ys, texts, strict=False):
-            fx, fy = _finite([x]), _finite([y])
-            if not (fx and fy) or not text:
-                continue
-            notes.append(
-                f'<text x="{sx(fx[0]) + 6:.1f}" y="{sy(fy[0]) - 6:.1f}" font-size="10.5" '
-                f'fill="{_style(i)[0]}">{escape(_label(text))}</text>'
-            )
 
-    if not series or not (xs_all and ys_all):
-        data.append(
-            f'<text x="{(left + right) / 2:.1f}" y="{(top + bottom) / 2:.1f}" '
-            f'text-anchor="middle" font-size="13" fill="#777">no data</text>'
-        )
+# --------------------------------------------------------------------------- export
 
-    legend, legend_h = _legend([str(k) for k in series], width, height - 2, kind)
-    total_h = height + legend_h
-    body = "".join(data)
-    key = f"{title}|{width}x{height}|{body}".encode()
-    clip = f"plclip-{hashlib.sha1(key, usedforsecurity=False).hexdigest()[:12]}"
-    # The clip box is a little larger than the frame so lines on the border are not halved.
+
+_XML_HEAD = re.compile(r"\A.*?(?=<svg\b)", re.S)
+_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.S)
+_XMLNS = re.compile(r'\s+xmlns(?::\w+)?="[^"]*"')
+_ID = re.compile(r'\bid="([^"]+)"')
+_SIZE = re.compile(r'<svg\b([^>]*?)\swidth="([\d.]+)pt"\s+height="([\d.]+)pt"')
+
+
+def to_svg(fig: Figure, label: str = "") -> str:
+    """The figure as an inline ``<svg>`` for HTML: no prologue, metadata or namespaces (inline
+    SVG needs none, and the report must hold no external address), ids made unique to this
+    figure, width capped at the container's (``max-width:100%``), ``aria-label`` = `label`."""
+    buf = io.StringIO()
+    with rc():
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    text = _METADATA.sub("", _XML_HEAD.sub("", buf.getvalue(), count=1))
+    text = _XMLNS.sub("", text)
+    prefix = "p" + hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:8] + "-"
+    ids = set(_ID.findall(text))
+    text = _ID.sub(lambda m: f'id="{prefix}{m.group(1)}"', text)
+    text = re.sub(
+        r"#([\w.-]+)([\")])",
+        lambda m: f"#{prefix}{m.group(1)}{m.group(2)}" if m.group(1) in ids else m.group(0),
+        text,
+    )
+    text = text.replace("*{stroke-linejoin", "svg.plot *{stroke-linejoin", 1)
+    from html import escape
+
+    text = _SIZE.sub(
+        lambda m: (
+            f'<svg{m.group(1)} class="plot" role="img" aria-label="{escape(label)}" '
+            f'width="{float(m.group(2)) * 4 / 3:.0f}" height="{float(m.group(3)) * 4 / 3:.0f}" '
+            'style="max-width:100%;height:auto"'
+        ),
+        text,
+        count=1,
+    )
+    return text.strip()
+
+
+def standalone_svg(svg: str) -> str:
+    """An inline figure as a stand-alone .svg file (adds back the namespaces)."""
     return (
-        f'<svg class="plot" viewBox="0 0 {width} {total_h:.0f}" width="{width}" '
-        f'height="{total_h:.0f}" role="img" aria-label="{escape(title)}" '
-        f'font-family="{escape(FONT)}" style="max-width:100%;height:auto">'
-        f"<title>{escape(title)}</title>"
-        f'<defs><clipPath id="{clip}"><rect x="{left - 4}" y="{top - 4}" '
-        f'width="{right - left + 8}" height="{bottom - top + 8}"/></clipPath></defs>'
-        f'<rect width="{width}" height="{total_h:.0f}" fill="#ffffff"/>'
-        f'<text x="{left}" y="20" font-size="13.5" font-weight="600" fill="#111">'
-        f"{escape(_label(title))}</text>"
-        f"{''.join(grid)}"
-        f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
-        f'fill="none" stroke="#999"/>'
-        f"{''.join(axes)}"
-        f'<g clip-path="url(#{clip})">{body}</g>'
-        f"{''.join(notes)}"
-        f"{''.join(legend)}"
-        f"</svg>"
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        + svg.replace(
+            "<svg ",
+            '<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" ',
+            1,
+        )
+        + "\n"
     )
 
 
-# --------------------------------------------------------------------------- generic plots
+def save(fig: Figure, path: Any) -> None:
+    """Write a figure to .pdf, .svg or .png (by suffix), with the report's look."""
+    with rc():
+        fig.savefig(path, metadata={"Date": None} if str(path).endswith((".svg", ".pdf")) else {})
 
 
-def line_plot(
-    series: Series,
-    *,
-    title: str,
-    x_label: str,
-    y_label: str,
-    x_log: bool = False,
-    y_log: bool = False,
-    x_range: tuple[float, float] | None = None,
-    y_range: tuple[float, float] | None = None,
-    diagonal: bool = False,
-    markers: bool | None = None,
-    width: int = 640,
-    height: int = 360,
-) -> str:
-    """One polyline per series (label -> (xs, ys)) with legend, ticks and gridlines.
+# --------------------------------------------------------------------------- report helpers
 
-    Log axes get decade ticks; values at or below the axis minimum (zeros included) are
-    drawn at the minimum. Non-finite points break the line. `diagonal` adds the dashed
-    chance line y = x. `markers` defaults to on for series with few points.
-    """
-    return _xy_plot(
-        series, kind="line", title=title, x_label=x_label, y_label=y_label, x_log=x_log,
-        y_log=y_log, x_range=x_range, y_range=y_range, diagonal=diagonal, markers=markers,
-        point_labels=None, width=width, height=height,
-    )  # fmt: skip
+
+def line_plot(series: Series, *, title: str, x_label: str, y_label: str, **kw: Any) -> str:
+    """Lines per series as inline SVG (for report sections); see :func:`draw` for options."""
+    kw.pop("width", None), kw.pop("height", None)
+    return to_svg(draw(None, series, title=title, x_label=x_label, y_label=y_label, **kw), title)
 
 
 def scatter_plot(
@@ -425,115 +354,24 @@ def scatter_plot(
     title: str,
     x_label: str,
     y_label: str,
-    x_log: bool = False,
-    y_log: bool = False,
-    x_range: tuple[float, float] | None = None,
-    y_range: tuple[float, float] | None = None,
-    diagonal: bool = False,
     point_labels: Mapping[str, Sequence[str]] | None = None,
-    width: int = 640,
-    height: int = 360,
+    **kw: Any,
 ) -> str:
-    """Markers only, one shape and colour per series; `point_labels` annotates points.
-
-    For trade-off plots (e.g. reconstruction PSNR against accuracy, one point per variant).
-    Same axes handling as :func:`line_plot`; use `line_plot(..., markers=True)` for a
-    connected sweep such as accuracy against malicious fraction.
-    """
-    return _xy_plot(
-        series, kind="scatter", title=title, x_label=x_label, y_label=y_label, x_log=x_log,
-        y_log=y_log, x_range=x_range, y_range=y_range, diagonal=diagonal, markers=True,
-        point_labels=point_labels, width=width, height=height,
-    )  # fmt: skip
-
-
-def standalone_svg(svg: str) -> str:
-    """A figure as a stand-alone .svg file (adds the namespace inline SVG does not need)."""
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        + svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1)
-        + "\n"
-    )
-
-
-# --------------------------------------------------------------------------- results plots
-
-
-def _variants(results: Mapping[str, Any]) -> dict[str, Any]:
-    variants = results.get("variants")
-    if not isinstance(variants, dict):
-        return {}
-    return {str(k): v for k, v in variants.items() if isinstance(v, dict)}
-
-
-def accuracy_plot(results: Mapping[str, Any]) -> str:
-    """Test accuracy per round, one line per variant; "" when no variant has per-round data."""
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for name, v in _variants(results).items():
-        rounds = (v.get("utility") or {}).get("per_round") or []
-        pts = [
-            (r.get("round"), r.get("accuracy"))
-            for r in rounds
-            if isinstance(r, dict) and r.get("accuracy") is not None
-        ]
-        pts = [(x, y) for x, y in pts if _finite([x]) and _finite([y])]
-        if pts:
-            series[name] = ([float(x) for x, _ in pts], [float(y) for _, y in pts])
-    if not series:
-        return ""
-    return line_plot(series, title="Test accuracy per round", x_label="round", y_label="accuracy")
-
-
-def roc_plot(results: Mapping[str, Any], attack_id: str) -> str:
-    """Log-log ROC curves of one attack across variants, as in Carlini et al. (2022).
-
-    The axes start at 1/(2 n) for n non-members (the first FPR step is 1/n, zeros sit just
-    below it), else at 1e-3 or below the smallest FPR shown. "" when no variant has ROC points.
-    """
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    n_nonmembers: list[int] = []
-    attack_name = ""
-    for name, v in _variants(results).items():
-        entry = (v.get("attacks") or {}).get(attack_id)
-        if not isinstance(entry, dict):
-            continue
-        roc = (entry.get("artifacts") or {}).get("roc")
-        if not isinstance(roc, dict):
-            continue
-        fpr, tpr = roc.get("fpr"), roc.get("tpr")
-        if not isinstance(fpr, list) or not isinstance(tpr, list) or not fpr:
-            continue
-        metrics = entry.get("metrics") or {}
-        n = metrics.get("n_nonmembers")
-        if isinstance(n, int | float) and not isinstance(n, bool) and n > 0:
-            n_nonmembers.append(int(n))
-        auc = metrics.get("auc")
-        label = name
-        if isinstance(auc, int | float) and not isinstance(auc, bool) and math.isfinite(auc):
-            label = f"{name} (AUC {auc:.3f})"
-        attack_name = attack_name or str(entry.get("name") or "")
-        series[label] = (fpr, tpr)
-    if not series:
-        return ""
-    if n_nonmembers:
-        lo = 1 / (2 * max(n_nonmembers))
-    else:
-        positive = [f for xs, _ in series.values() for f in _finite(xs) if f > 0]
-        lo = min([1e-3, *positive])
-    title = f"ROC, log-log: {attack_id}"
-    if attack_name and attack_name != attack_id:
-        title += f" ({attack_name})"
-    return line_plot(
-        series,
-        title=title,
-        x_label="false positive rate",
-        y_label="true positive rate",
-        x_log=True,
-        y_log=True,
-        x_range=(lo, 1.0),
-        y_range=(lo, 1.0),
-        diagonal=True,
-        markers=False,
-        width=520,
-        height=440,
-    )
+    """Markers per series as inline SVG. Points named in `point_labels` become their own legend
+    entries (one per point, in the variant's colour) rather than in-plot text, so labels
+    can neither overlap nor leave the plot."""
+    kw.pop("width", None), kw.pop("height", None)
+    data: dict[str, tuple[list[Any], list[Any]]] = {}
+    for name, (xs, ys) in series.items():
+        names = list((point_labels or {}).get(name) or [])
+        if len(names) == len(xs) and names:
+            many = len(series) > 1
+            for x, y, point in zip(xs, ys, names, strict=True):
+                key = f"{point} / {name}" if many else str(point)
+                px, py = data.setdefault(key, ([], []))
+                px.append(x)
+                py.append(y)
+        else:
+            data[str(name)] = (list(xs), list(ys))
+    fig = draw(None, data, kind="scatter", title=title, x_label=x_label, y_label=y_label, **kw)
+    return to_svg(fig, title)

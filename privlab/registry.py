@@ -138,6 +138,16 @@ datasets.register(
     "scikit-learn make_classification: n_samples, n_features, n_classes, class_sep",
 )
 datasets.register(
+    "transcriptome",
+    "privlab.data_transcriptome:load_transcriptome",
+    "synthetic blood transcriptomes from clinics of different sizes; the clinic is the group",
+)
+datasets.register(
+    "maintenance",
+    "privlab.data_maintenance:load_maintenance",
+    "synthetic predictive maintenance: machines' sensor-window features, fails-soon labels",
+)
+datasets.register(
     "file",
     "privlab.data:load_file",
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",
@@ -351,13 +361,18 @@ attacks.register(
 )
 attacks.register(
     "unenrolled_commit",
-    "privlab.attacks.swarm:UnenrolledCommitAttack",
+    "privlab.attacks.swarm_ledger:UnenrolledCommitAttack",
     "swarm: a node without enrolment tries to commit to the ledger (must be refused)",
 )
 attacks.register(
     "ledger_tamper",
-    "privlab.attacks.swarm:LedgerTamperAttack",
+    "privlab.attacks.swarm_ledger:LedgerTamperAttack",
     "swarm: an entry on the ledger is altered after the fact (verification must name it)",
+)
+attacks.register(
+    "insider_forgery",
+    "privlab.attacks.swarm_ledger:InsiderForgeryAttack",
+    "swarm: an enrolled peer holding the scenario forges, replays or misattributes commits",
 )
 
 defenses.register(

@@ -9,9 +9,6 @@ a missing number shows as an em dash rather than failing the report.
 
 from __future__ import annotations
 
-import json
-import math
-import re
 import statistics
 import sys
 import types
@@ -22,192 +19,62 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from privlab import plots
+from privlab import grading, report_figures, report_verdict
+from privlab.report_format import (  # re-exported: report sections import them from here
+    FILTERS,
+    MISSING,
+    as_number,
+    auc_class,
+    bound_text,
+    fmt_bytes,
+    fmt_delta,
+    fmt_epsilon,
+    fmt_fixed,
+    fmt_int,
+    fmt_metric,
+    fmt_params,
+    fmt_seconds,
+    fmt_sig,
+    fmt_value,
+    metric_label,
+    pretty_json,
+)
 from privlab.results import atomic_write_text
 
-MISSING = "—"
 HEADLINE_METRICS = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
 """Shown first for membership attacks: AUC alone hides the low-FPR regime (Carlini et al.)."""
 SUMMARY_METRICS_PER_ATTACK = 5
 COUNT_METRICS = ("n_members", "n_nonmembers")
 """Sample counts go in the attack's column header, where they qualify every rate below them."""
-_METRIC_LABELS = {
-    "auc": "AUC",
-    "tpr_at_1pct_fpr": "TPR@1%FPR",
-    "tpr_at_0.1pct_fpr": "TPR@0.1%FPR",
-    "advantage": "advantage",
-    "psnr": "PSNR",
-    "ssim": "SSIM",
-    "mse": "MSE",
-}
-_TPR_AT = re.compile(r"^tpr_at_(\d+(?:\.\d+)?)pct_fpr$")
-_KNOWN_VARIANT_KEYS = {"defenses", "utility", "attacks", "privacy", "cost", "notes"}
-
-
-# --------------------------------------------------------------------------- filters
-
-
-def as_number(value: Any) -> float | None:
-    """A finite float, or None for anything that is not a real number (bools included)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    f = float(value)
-    return f if math.isfinite(f) else None
-
-
-def fmt_fixed(value: Any, decimals: int = 3) -> str:
-    f = as_number(value)
-    return MISSING if f is None else f"{f:.{decimals}f}"
-
-
-def fmt_sig(value: Any, digits: int = 3) -> str:
-    """Significant digits, so small rates such as TPR 0.00123 keep their information."""
-    f = as_number(value)
-    if f is None:
-        return MISSING
-    if f == 0:
-        return "0"
-    text = f"{f:#.{digits}g}"
-    return text.rstrip(".") if "e" not in text else text
-
-
-def fmt_epsilon(value: Any) -> str:
-    if isinstance(value, float) and math.isinf(value) and value > 0:
-        return "∞"
-    return fmt_fixed(value, 2)
-
-
-def fmt_delta(value: Any) -> str:
-    f = as_number(value)
-    if f is None:
-        return MISSING
-    if f == 0 or abs(f) >= 1e-3:
-        return f"{f:g}"
-    mantissa, _, exponent = f"{f:.2g}".partition("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
-def fmt_int(value: Any) -> str:
-    f = as_number(value)
-    return MISSING if f is None else f"{round(f):,}"
-
-
-def fmt_metric(value: Any, key: str = "") -> str:
-    """Per-metric precision: AUC 3 decimals, rates 3 significant digits, counts as integers."""
-    f = as_number(value)
-    if f is None:
-        return MISSING
-    if key == "auc" or key.endswith("_auc") or key in {"accuracy", "advantage"}:
-        return fmt_fixed(f, 3)
-    if key.startswith(("tpr", "fpr")) or "_tpr" in key or "_fpr" in key:
-        return fmt_sig(f, 3)
-    if key.startswith("n_") or (isinstance(value, int) and not isinstance(value, bool)):
-        return fmt_int(f)
-    if abs(f) >= 1000:
-        return fmt_int(f)
-    return fmt_sig(f, 3)
-
-
-def fmt_bytes(value: Any) -> str:
-    """Binary units (KiB, MiB...), as message sizes are counted in bytes."""
-    f = as_number(value)
-    if f is None:
-        return MISSING
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(f) < 1024 or unit == "TiB":
-            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
-        f /= 1024
-    return MISSING  # pragma: no cover
-
-
-def fmt_seconds(value: Any) -> str:
-    f = as_number(value)
-    if f is None:
-        return MISSING
-    if f < 60:
-        return f"{f:.2f} s" if f < 10 else f"{f:.1f} s"
-    minutes, seconds = divmod(round(f), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def fmt_value(value: Any) -> str:
-    """Short display of a parameter value (a defense's noise multiplier, a list of layers)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
-
-
-def fmt_params(params: Any) -> str:
-    if not isinstance(params, dict) or not params:
-        return ""
-    return ", ".join(f"{k}={fmt_value(v)}" for k, v in params.items() if v is not None)
-
-
-def metric_label(key: str) -> str:
-    if key in _METRIC_LABELS:
-        return _METRIC_LABELS[key]
-    m = _TPR_AT.match(key)
-    if m:
-        return f"TPR@{m.group(1)}%FPR"
-    return key.replace("_", " ")
-
-
-def auc_class(value: Any) -> str:
-    """CSS class by distance from chance: an AUC of 0.3 leaks as much as one of 0.7."""
-    f = as_number(value)
-    if f is None:
-        return ""
-    d = abs(f - 0.5)
-    if d < 0.05:
-        return "risk-chance"
-    if d < 0.1:
-        return "risk-low"
-    if d < 0.2:
-        return "risk-mid"
-    return "risk-high"
-
-
-def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False, default=str)
-
-
-def bound_text(expectation: dict[str, Any]) -> str:
-    lo, hi = expectation.get("min"), expectation.get("max")
-    if lo is not None and hi is not None:
-        return f"{fmt_value(lo)} ≤ x ≤ {fmt_value(hi)}"
-    if lo is not None:
-        return f"≥ {fmt_value(lo)}"
-    if hi is not None:
-        return f"≤ {fmt_value(hi)}"
-    return MISSING
-
-
-FILTERS = {
-    "fixed": fmt_fixed,
-    "sig": fmt_sig,
-    "accuracy": lambda v: fmt_fixed(v, 3),
-    "auc": lambda v: fmt_fixed(v, 3),
-    "epsilon": fmt_epsilon,
-    "delta": fmt_delta,
-    "int": fmt_int,
-    "metric": fmt_metric,
-    "bytes": fmt_bytes,
-    "seconds": fmt_seconds,
-    "value": fmt_value,
-    "params": fmt_params,
-    "metric_label": metric_label,
-    "auc_class": auc_class,
-    "pretty_json": pretty_json,
-}
+__all__ = [
+    "FILTERS",
+    "MISSING",
+    "Section",
+    "as_dict",
+    "as_list",
+    "as_number",
+    "auc_class",
+    "bound_text",
+    "extra_sections",
+    "fmt_bytes",
+    "fmt_delta",
+    "fmt_epsilon",
+    "fmt_fixed",
+    "fmt_int",
+    "fmt_metric",
+    "fmt_params",
+    "fmt_seconds",
+    "fmt_sig",
+    "fmt_value",
+    "metric_label",
+    "pretty_json",
+    "render_report",
+    "report_context",
+    "write_report",
+]
+_KNOWN_VARIANT_KEYS = {
+    "defenses", "utility", "attacks", "privacy", "cost", "notes", "status", "diverged_at_round",
+}  # fmt: skip
 
 
 @cache
@@ -236,8 +103,7 @@ def as_list(value: Any) -> list[Any]:
 
 def _resolution_limited(key: str, n_nonmembers: int | None) -> bool:
     """True when a TPR@x%FPR asks for an FPR below 1/n: not measurable with n non-members."""
-    m = _TPR_AT.match(key)
-    return bool(m and n_nonmembers and float(m.group(1)) / 100 < 1 / n_nonmembers)
+    return grading.below_resolution(key, n_nonmembers)
 
 
 def _counts(values: list[Any]) -> str:
@@ -411,44 +277,108 @@ def _measured(results: dict[str, Any], scenario: dict[str, Any], n_variants: int
     }
 
 
+def _headline_cells(
+    variants: dict[str, Any], columns: list[dict[str, Any]], overrides: dict[str, Any]
+) -> None:
+    """Give every column its key metric's name and every row its value and grade there."""
+    for col in columns:
+        col["headline"] = ""
+    for v in variants.values():
+        cells = []
+        for col in columns:
+            entry = as_dict(as_dict(v.get("attacks")).get(col["id"]))
+            if not entry:
+                cells.append({"value": MISSING, "grade": "", "rule": "", "limited": False})
+                continue
+            g = grading.grade(str(entry.get("family") or ""), as_dict(entry.get("metrics")),
+                              overrides)  # fmt: skip
+            label, value = report_verdict.headline(entry, g)
+            col["headline"] = col["headline"] or label
+            cells.append(
+                {"value": value, "grade": g.level, "rule": g.rule, "limited": g.below_resolution}
+            )
+        v["_headline_cells"] = cells
+
+
+def _invocation(results: dict[str, Any], scenario: dict[str, Any]) -> tuple[str, bool]:
+    """The command that reproduces the run, and whether the run recorded it (else an
+    equivalent one is derived from the scenario name and seed)."""
+    given = results.get("invocation")
+    if isinstance(given, str) and given:
+        return given, True
+    seed = results.get("seed", scenario.get("seed"))
+    return f"privlab run {scenario.get('name') or 'SCENARIO'} --seed {seed}", False
+
+
 def report_context(results: dict[str, Any]) -> dict[str, Any]:
     """Everything the template shows, shaped and with plots built; useful to test on its own."""
+    from privlab import plots
+
     scenario = as_dict(results.get("scenario"))
     variants = {
-        str(k): v for k, v in as_dict(results.get("variants")).items() if isinstance(v, dict)
+        str(k): dict(v) for k, v in as_dict(results.get("variants")).items() if isinstance(v, dict)
     }
     columns = _attack_columns(scenario, variants)
+    overrides = grading.overrides_of(results)
+    _headline_cells(variants, columns, overrides)
     raw_expectations = as_list(results.get("expectations"))
     expectations = [_expectation(e) for e in raw_expectations if isinstance(e, dict)]
     failed = sum(1 for e in expectations if not e["passed"])
-    roc_plots = []
-    for col in columns:
-        if col["has_roc"] and (svg := plots.roc_plot(results, col["id"])):
-            roc_plots.append({"id": col["id"], "name": col["name"], "svg": svg})
     rows = _variant_rows(variants, columns)
+    colours = plots.variant_colours(results)
+    for row in rows:
+        row["colour"] = colours.get(row["name"], "#999999")
+        row["headlines"] = variants[row["name"]]["_headline_cells"]
+        row["status"] = str(variants[row["name"]].get("status") or "ok")
+        row["diverged_at"] = variants[row["name"]].get("diverged_at_round")
+    with plots.use_colours(colours):
+        figures = report_figures.core_figures(results)
+        sections = extra_sections(results)
+    command, recorded = _invocation(results, scenario)
+    verdicts = report_verdict.verdicts(results, fmt_seconds, fmt_bytes)
     return {
         "title": str(scenario.get("name") or "privlab run"),
         "description": str(scenario.get("description") or ""),
         "measured": _measured(results, scenario, len(variants)),
+        "verdicts": verdicts,
+        "overall": report_verdict.overall(verdicts),
+        "adversaries": report_verdict.adversaries(results),
+        "grading_rules": grading_rules(overrides),
         "columns": columns,
-        "any_resolution_limited": any(
-            _resolution_limited(k, c["min_nonmembers"]) for c in columns for k in c["metrics"]
-        ),
-        "any_auc": any("auc" in c["metrics"] for c in columns),
+        "any_resolution_limited": any(c["limited"] for r in rows for c in r["headlines"]),
         "rows": rows,
+        "colours": colours,
         "any_approximate": any(r["privacy"] and r["privacy"]["approximate"] for r in rows),
         "expectations": expectations,
         "expectations_failed": failed,
-        "accuracy_svg": plots.accuracy_plot(results),
-        "sections": extra_sections(results),
-        "roc_plots": roc_plots,
+        "figures": figures,
+        "sections": sections,
         "scenario": scenario,
+        "invocation": command,
+        "invocation_recorded": recorded,
         "versions": as_dict(results.get("versions")),
         "schema_version": results.get("schema_version"),
         "privlab_version": results.get("privlab_version"),
         "started": str(as_dict(results.get("timing")).get("started") or ""),
         "seconds": as_dict(results.get("timing")).get("seconds"),
     }
+
+
+def grading_rules(overrides: dict[str, Any]) -> list[dict[str, Any]]:
+    """The bands in force (defaults with the scenario's overrides), for the report's legend."""
+    out = []
+    for family in grading.DEFAULT_BANDS:
+        bands = grading.bands_for(family, overrides)
+        unit = grading.UNITS[family]
+        out.append(
+            {
+                "family": family,
+                "what": grading.WHAT[family],
+                "bands": ", ".join(f"{k} ≥ {bands[k]:g}{unit}" for k in grading.LEVELS),
+                "overridden": family in overrides,
+            }
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- extra sections

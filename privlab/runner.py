@@ -48,6 +48,8 @@ from privlab.training import evaluate
 from privlab.wire import Wire
 
 VariantProgress = Callable[[str, int, int, float], None]
+AttackProgress = Callable[[str, str, int, int], None]
+"""(variant, attack id, attacks done, attacks in all): called before each attack and at the end."""
 
 
 KNOWN_HARMLESS_WARNINGS = (
@@ -159,6 +161,14 @@ def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Refe
     }
 
 
+def equivalent_command(scenario: Scenario) -> str:
+    """The CLI command equivalent to a Python-API run of a bundled scenario with its seed (the
+    CLI passes the exact command it was given instead)."""
+    import shlex
+
+    return shlex.join(["privlab", "run", scenario.name, "--seed", str(scenario.seed)])
+
+
 def _clean(v: Any) -> Any:
     if isinstance(v, float | np.floating):
         return round(float(v), 6)
@@ -172,9 +182,17 @@ def _clean(v: Any) -> Any:
 class ScenarioRun:
     """Prepares every variant up front (so bad input fails before any training), then runs."""
 
-    def __init__(self, scenario: Scenario, progress: VariantProgress | None = None) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        progress: VariantProgress | None = None,
+        attack_progress: AttackProgress | None = None,
+        invocation: str | None = None,
+    ) -> None:
         self.scenario = scenario
         self.progress = progress
+        self.attack_progress = attack_progress
+        self.invocation = invocation
         self._datasets: dict[str, Dataset] = {}
         self.variants = []
         for i, variant in enumerate(scenario.variant_list()):
@@ -249,6 +267,7 @@ class ScenarioRun:
             "privlab_version": __version__,
             "scenario": portable_dump(self.scenario),
             "seed": self.scenario.seed,
+            "invocation": self.invocation or equivalent_command(self.scenario),
             "versions": package_versions(),
             "variants": variants,
         }
@@ -317,7 +336,9 @@ class ScenarioRun:
             outcome.model, tensors["x_train"][members], tensors["y_train"][members]
         )
         attack_results = {}
-        for attack in attacks:
+        for done, attack in enumerate(attacks):
+            if self.attack_progress is not None:
+                self.attack_progress(variant.name, attack.id, done, len(attacks))
             targets = attack.target_parties()
             chosen = clients if targets is None else [clients[k] for k in targets]
             referee = build_challenge(
@@ -344,6 +365,8 @@ class ScenarioRun:
             attack_results[attack.id]["metrics"].update(
                 probe_metrics(attack, view.query, tensors["x_test"], tensors["y_test"])
             )
+        if self.attack_progress is not None and attacks:
+            self.attack_progress(variant.name, "", len(attacks), len(attacks))
         per_round = [r.to_json() for r in outcome.rounds]
         bytes_per_round = [
             int(wire.bytes_by_round.get(r, 0)) for r in range(0, vs.topology.rounds + 1)

@@ -134,6 +134,21 @@ class ExpectationSpec(Strict):
         return self
 
 
+class ReportSpec(Strict):
+    """How the report grades risk: `grading.<family>.<band> = value` overrides the default
+    bands of privlab.grading (families membership, reconstruction, backdoor, label_leakage)."""
+
+    grading: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @field_validator("grading")
+    @classmethod
+    def _bands(cls, grading: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        from privlab.grading import check_overrides
+
+        check_overrides(grading)
+        return grading
+
+
 class Scenario(Strict):
     name: Annotated[str, Field(min_length=1, max_length=200)] = "scenario"
     """The output folder's name under reports/: one path component, never '.' or '..'."""
@@ -155,6 +170,7 @@ class Scenario(Strict):
     """Defenses applied in every variant."""
     variants: list[VariantSpec] = Field(default_factory=list)
     expectations: list[ExpectationSpec] = Field(default_factory=list)
+    report: ReportSpec = Field(default_factory=ReportSpec)
 
     _base_dir: Path | None = PrivateAttr(default=None)
     """The scenario file's folder (None: bundled or built in code); relative paths resolve here."""

@@ -15,7 +15,7 @@ from privlab.ledger import (
     Ledger,
     LedgerError,
     PeerIdentity,
-    derive_key,
+    new_key,
     weights_digest,
 )
 
@@ -25,7 +25,7 @@ def _weights(v: float) -> dict[str, torch.Tensor]:
 
 
 def _ledger(n_peers: int = 3, rounds: int = 2) -> tuple[Ledger, list[PeerIdentity]]:
-    authority = Authority(seed=7)
+    authority = Authority()
     peers = [authority.enrol(f"peer{k}") for k in range(n_peers)]
     ledger = Ledger(authority)
     for r in range(1, rounds + 1):
@@ -55,7 +55,7 @@ def test_digest_depends_on_every_value_and_name() -> None:
 
 def test_unenrolled_node_is_refused_and_logged() -> None:
     ledger, _ = _ledger(rounds=1)
-    intruder = PeerIdentity("intruder", derive_key(99, "intruder"), None)
+    intruder = PeerIdentity("intruder", new_key(), None)
     with pytest.raises(LedgerError, match="'intruder' is not enrolled"):
         ledger.commit(intruder, 2, "commit", _weights(0.0))
     assert len(ledger.storage) == 4 and "intruder" in ledger.rejected[0]
@@ -64,14 +64,14 @@ def test_unenrolled_node_is_refused_and_logged() -> None:
 
 def test_impersonating_an_enrolled_peer_fails_the_signature_check() -> None:
     ledger, _ = _ledger(rounds=1)
-    fake = PeerIdentity("peer1", derive_key(99, "peer1"), None)
+    fake = PeerIdentity("peer1", new_key(), None)
     with pytest.raises(LedgerError, match=r"signature does not verify .* .peer1."):
         ledger.commit(fake, 2, "commit", _weights(0.0))
 
 
 def test_forged_certificate_in_the_registry_is_refused() -> None:
     ledger, _ = _ledger(rounds=1)
-    rogue = derive_key(5, "rogue")
+    rogue = new_key()
     from privlab.ledger import Certificate, public_bytes
 
     pub = public_bytes(rogue.public_key())

@@ -24,7 +24,12 @@ def _mia(auc: float, tpr1: float, tpr01: float, fpr: list[float], tpr: list[floa
     return {
         "name": "loss_threshold",
         "family": "membership",
-        "threat_model": {"observer": "server", "knowledge": "final model"},
+        "threat_model": {
+            "adversary": "outsider",
+            "party": None,
+            "active": False,
+            "knowledge": ["mean_train_loss"],
+        },
         "metrics": {
             "auc": auc,
             "advantage": 2 * auc - 1,
@@ -37,8 +42,7 @@ def _mia(auc: float, tpr1: float, tpr01: float, fpr: list[float], tpr: list[floa
     }
 
 
-@pytest.fixture
-def results() -> dict[str, Any]:
+def make_results() -> dict[str, Any]:
     """Three variants: undefended (leaky), DP-SGD (approximate GDP epsilon), and a sparse one."""
     return {
         "schema_version": 1,
@@ -75,7 +79,11 @@ def results() -> dict[str, Any]:
                         [0.0, 0.0, 0.002, 0.01, 0.1, 0.4, 1.0],
                         [0.0, 0.02, 0.03, 0.0412, 0.3, 0.8, 1.0],
                     ),
-                    "inv": {"name": "gradient_inversion", "metrics": {"psnr": 17.25, "ssim": 0.41}},
+                    "inv": {
+                        "name": "gradient_inversion",
+                        "family": "gradient_inversion",
+                        "metrics": {"psnr": 17.25, "ssim": 0.41},
+                    },
                 },
                 "privacy": None,
                 "cost": {
@@ -152,9 +160,20 @@ def results() -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module")
+def results_module() -> dict[str, Any]:
+    return make_results()
+
+
 @pytest.fixture
-def rendered(results: dict[str, Any]) -> str:
-    return report.render_report(results)
+def results(results_module: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(results_module)
+
+
+@pytest.fixture(scope="module")
+def rendered(results_module: dict[str, Any]) -> str:
+    """Rendered once per module: matplotlib figures take a moment each."""
+    return report.render_report(results_module)
 
 
 def test_report_is_self_contained(rendered: str) -> None:
@@ -178,19 +197,93 @@ def test_every_variant_and_its_final_accuracy_appear(
         assert f"{variant['utility']['final_accuracy']:.3f}" in rendered
 
 
-def test_summary_shows_headline_metrics_epsilon_and_costs(rendered: str) -> None:
-    summary = rendered.split('<table class="summary">')[1].split("</table>")[0]
-    headers = re.findall(r'<th class="num[^"]*">([^<]+)</th>', summary)
-    assert headers[:3] == ["AUC", "TPR@1%FPR", "TPR@0.1%FPR"]  # headline first, in this order
-    assert "advantage" in headers and "PSNR" in headers and "SSIM" in headers
-    assert "n_nonmembers = 500" in summary  # FPR resolution is visible
-    assert "0.739" in summary and "risk-high" in summary and "risk-chance" in summary
-    assert "0.00123" in summary  # TPR with 3 significant digits
+def test_summary_shows_key_metric_grade_epsilon_and_costs(rendered: str) -> None:
+    summary = rendered.split('<table class="summary stack">')[1].split("</table>")[0]
+    assert "TPR@1%FPR" in summary  # 500 non-members cannot resolve 0.1% FPR: graded at 1%
+    assert "PSNR" in summary and "17.2 dB (base —)" in summary
+    assert "n_non = 500" in summary  # FPR resolution is visible
+    assert "0.0412 (4.1x)" in summary and "grade-medium" in summary
     assert "3.14" in summary and "1e-5" in summary and "gdp" in summary
     assert "≈ </span>3.14" in summary
     assert "≈ (approximate: GDP may undershoot)" in rendered
     assert "1.5 MiB" in summary
     assert "—" in summary  # the sparse variant has no attack metrics
+    assert 'data-label="final accuracy"' in summary  # cells labelled for the stacked layout
+
+
+def test_verdict_comes_first_and_says_cost_and_lack_of_benefit(rendered: str) -> None:
+    verdict = rendered.split('<section id="verdict">')[1].split("</section>")[0]
+    assert rendered.index('id="verdict"') < rendered.index("Privacy and utility across variants")
+    assert (
+        "an outsider tells training members from non-members at 4.1x the false-positive "
+        "rate at 1% FPR" in verdict
+    )
+    assert "Highest risk in this run: medium" in verdict
+    assert "An outsider can only query the final model and knows mean train loss" in verdict
+    # dp against the undefended baseline: accuracy, epsilon, seconds and bytes
+    assert "Cost against 'baseline'" in verdict
+    assert "accuracy -0.065 (0.876 vs 0.941)" in verdict
+    assert "ε ≈ 3.14" in verdict and "time 23.44x" in verdict and "bytes 0.68x" in verdict
+    assert "mia: 4.12x (medium) → 1.04x (none)" in verdict
+    assert "rule: TPR/FPR at 1% FPR = 4.12x" in verdict
+
+
+def test_no_leak_in_reference_means_no_benefit_shown(results: dict[str, Any]) -> None:
+    data = copy.deepcopy(results)
+    m = data["variants"]["baseline"]["attacks"]["mia"]["metrics"]
+    m["tpr_at_1pct_fpr"], m["leak_detected"] = 0.03, False
+    out = report.render_report(data)
+    assert "graded none because the run found no leak" in out
+    assert (
+        "mia found no leak in &#39;baseline&#39; (3x), so this run cannot show the "
+        "defense&#39;s benefit against it" in out
+    )
+
+
+def test_below_resolution_marked(results: dict[str, Any]) -> None:
+    data = copy.deepcopy(results)
+    for v in ("baseline", "dp"):
+        data["variants"][v]["attacks"]["mia"]["metrics"]["n_nonmembers"] = 50
+    out = report.render_report(data)
+    assert "below resolution: 100 non-members are needed to read 1% FPR" in out
+    assert "0.0412† (4.1x)" in out and "<sup>†</sup> Below resolution" in out
+
+
+def test_diverged_variant_and_invocation(results: dict[str, Any]) -> None:
+    data = copy.deepcopy(results)
+    data["variants"]["dp"].update(status="diverged", diverged_at_round=3)
+    data["invocation"] = "privlab run fedavg-mia --set topology.rounds=5"
+    out = report.render_report(data)
+    assert "diverged at round 3" in out and "Training diverged" in out
+    assert '<tr class="diverged">' in out
+    assert "privlab run fedavg-mia --set topology.rounds=5" in out
+    assert "The exact command this run was started with" in out
+    fallback = report.render_report(results)
+    assert "privlab run fedavg-mia --seed 7" in fallback and "did not record" in fallback
+
+
+def test_grading_override_from_the_scenario(results: dict[str, Any]) -> None:
+    data = copy.deepcopy(results)
+    data["scenario"]["report"] = {"grading": {"membership": {"medium": 5.0}}}
+    out = report.render_report(data)
+    assert (
+        "membership</strong> by TPR/FPR at low FPR: high ≥ 10x, medium ≥ 5x, low ≥ 1.5x "
+        "(set by this scenario)" in out
+    )
+    assert "at 4.1x the false-positive rate at 1% FPR (TPR 0.0412), AUC 0.739: low" in out
+
+
+def test_per_client_and_group_accuracy_figures(results: dict[str, Any]) -> None:
+    data = copy.deepcopy(results)
+    u = data["variants"]["baseline"]["utility"]
+    u["per_client_accuracy"] = {"0": 0.95, "1": 0.91, "10": 0.72, "2": 0.88}
+    u["per_group_accuracy"] = {"minority": 0.61, "majority": 0.97}
+    out = report.render_report(data)
+    assert 'id="fig-per_client_accuracy"' in out and 'id="fig-per_group_accuracy"' in out
+    assert "the largest gap is 0.230 in baseline (client 10: 0.720, client 0: 0.950)" in out
+    assert (
+        "the largest gap is 0.360 in baseline (group minority: 0.610, group majority: 0.970)" in out
+    )
 
 
 def test_expectations_table_marks_failures(rendered: str) -> None:
@@ -200,15 +293,45 @@ def test_expectations_table_marks_failures(rendered: str) -> None:
     assert "1 of 2 expectations failed" in rendered
 
 
-def test_svg_count_and_details(rendered: str) -> None:
-    # Accuracy per round plus one ROC (only `mia` has ROC points).
-    assert rendered.count("<svg") == 2
-    assert "ROC, log-log: mia" in rendered
+def test_figures_and_details(rendered: str) -> None:
+    # Accuracy per round, one ROC (only `mia` has ROC points), the trade-off plot (2 points).
+    assert rendered.count("<svg") == 3
+    assert "ROC (log-log): mia (loss_threshold)" in rendered
+    assert (
+        "Test accuracy after each of 5 rounds, 2 variant(s); final accuracy from 0.876 (dp) "
+        "to 0.941 (baseline)." in rendered
+    )
+    assert "Shaded: FPR below 1/500 = 0.002" in rendered
     assert "clipping at 1.0" in rendered  # notes
     assert "9: 3.09" in rendered  # per-client epsilon
     assert "&#34;num_clients&#34;: 10" in rendered  # scenario JSON, escaped in <pre>
     assert "torch" in rendered and "2.4.0" in rendered
     assert "results schema 1" in rendered and "2024-05-01T12:00:00+00:00" in rendered
+
+
+def test_inline_svgs_have_text_no_external_refs_and_unique_ids(rendered: str) -> None:
+    svgs = re.findall(r"<svg\b.*?</svg>", rendered, flags=re.S)
+    ids: list[str] = []
+    for svg in svgs:
+        root = ET.fromstring(svg.replace("xlink:href", "href"))
+        assert [t for t in root.iter("text")]  # text stays text (svg.fonttype = none)
+        for el in root.iter():
+            ref = el.attrib.get("href")
+            assert ref is None or ref.startswith("#")
+            if "id" in el.attrib:
+                ids.append(el.attrib["id"])
+    assert len(ids) == len(set(ids))
+    assert "http" not in "".join(svgs)
+
+
+def test_a_variant_keeps_its_colour_in_every_figure(results: dict[str, Any]) -> None:
+    ctx = report.report_context(results)
+    assert ctx["colours"]["baseline"] == plots.PALETTE[0]
+    assert ctx["colours"]["dp"] == plots.PALETTE[1]
+    by_key = {f.key: f.svg for f in ctx["figures"]}
+    for key in ("accuracy", "roc-mia", "tradeoff"):
+        svg = by_key[key].lower()
+        assert plots.PALETTE[0].lower() in svg and plots.PALETTE[1].lower() in svg, key
 
 
 def test_sparse_results_render() -> None:
@@ -260,7 +383,8 @@ def test_malformed_entries_are_tolerated(results: dict[str, Any]) -> None:
     broken["variants"]["dp"]["attacks"]["mia"]["artifacts"] = {"roc": {"fpr": None}}
     broken["variants"]["dp"]["privacy"]["epsilon"] = None
     out = report.render_report(broken)
-    assert out.count("<svg") == 2  # accuracy (dp only) + ROC (baseline only)
+    # accuracy (dp only), ROC (baseline only), trade-off (the metrics survive)
+    assert out.count("<svg") == 3
 
 
 def test_formatting_filters() -> None:
@@ -276,83 +400,3 @@ def test_formatting_filters() -> None:
     assert report.fmt_metric(0.73912, "auc") == "0.739"
     assert report.auc_class(0.52) == "risk-chance" and report.auc_class(0.2) == "risk-high"
     assert report.metric_label("tpr_at_0.01pct_fpr") == "TPR@0.01%FPR"
-
-
-# --------------------------------------------------------------------------- plots
-
-
-def _polyline_points(svg: str) -> list[tuple[float, float]]:
-    root = ET.fromstring(svg)
-    pts = []
-    for el in root.iter("polyline"):
-        for pair in el.attrib["points"].split():
-            x, y = pair.split(",")
-            pts.append((float(x), float(y)))
-    return pts
-
-
-def test_line_plot_parses_as_xml_and_escapes_labels() -> None:
-    label = 'a <b> & "c"'
-    svg = plots.line_plot(
-        {label: ([1, 2, 3], [0.1, 0.5, 0.9]), "other": ([1, 2, 3], [0.2, 0.3, 0.4])},
-        title="T <1>",
-        x_label="round",
-        y_label="accuracy",
-    )
-    root = ET.fromstring(svg)
-    assert root.tag == "svg"
-    texts = ["".join(t.itertext()) for t in root.iter("text")]
-    assert label in texts and "T <1>" in texts
-    assert len(list(root.iter("polyline"))) == 2
-
-
-def test_log_axes_clip_zeros_to_axis_minimum() -> None:
-    svg = plots.line_plot(
-        {"roc": ([0.0, 0.0, 0.001, 0.1, 1.0], [0.0, 0.05, 0.2, 0.6, 1.0])},
-        title="roc",
-        x_label="fpr",
-        y_label="tpr",
-        x_log=True,
-        y_log=True,
-        x_range=(1e-3, 1.0),
-        y_range=(1e-3, 1.0),
-        diagonal=True,
-    )
-    assert "nan" not in svg.lower() and "inf" not in svg.lower()
-    root = ET.fromstring(svg)
-    width, height = (float(v) for v in root.attrib["viewBox"].split()[2:])
-    pts = _polyline_points(svg)
-    assert pts and all(0 <= x <= width and 0 <= y <= height for x, y in pts)
-    series = next(p for p in root.iter("polyline") if p.attrib.get("stroke") == plots.PALETTE[0])
-    first = series.attrib["points"].split()[0]
-    diag = next(p for p in root.iter("polyline") if p.attrib.get("stroke-dasharray") == "5 4")
-    assert first == diag.attrib["points"].split()[0]  # (0, 0) sits at the (min, min) corner
-    labels = ["".join(t.itertext()) for t in root.iter("text")]
-    assert {"0.001", "0.01", "0.1", "1"} <= set(labels)  # decade ticks
-
-
-def test_log_axis_without_positive_values_and_empty_plots() -> None:
-    for series in ({"z": ([0, 0], [0, 0])}, {}):
-        svg = plots.line_plot(series, title="t", x_label="x", y_label="y", x_log=True, y_log=True)
-        ET.fromstring(svg)
-    with pytest.raises(ValueError):
-        plots.line_plot({}, title="t", x_label="x", y_label="y", x_log=True, x_range=(0, 1))
-
-
-def test_scatter_plot_and_result_plots(results: dict[str, Any]) -> None:
-    svg = plots.scatter_plot(
-        {"dp": ([0.87], [17.2]), "none": ([0.94], [24.0])},
-        title="PSNR vs accuracy",
-        x_label="accuracy",
-        y_label="PSNR (dB)",
-        point_labels={"dp": ["σ=1.1"]},
-    )
-    root = ET.fromstring(svg)
-    assert not list(root.iter("polyline"))
-    assert "σ=1.1" in ["".join(t.itertext()) for t in root.iter("text")]
-    assert plots.roc_plot(results, "inv") == ""  # no ROC artifacts
-    assert plots.roc_plot(results, "missing") == ""
-    ET.fromstring(plots.roc_plot(results, "mia"))
-    ET.fromstring(plots.accuracy_plot(results))
-    assert plots.accuracy_plot({"variants": {"v": {"utility": {}}}}) == ""
-    assert plots.standalone_svg(svg).startswith("<?xml")

@@ -151,6 +151,7 @@ def test_report_compares_swarm_with_central_and_local_only() -> None:
     html = render_report(results)
     assert "Swarm learning: accuracy and the ledger" in html
     assert "against the central baseline" in html and "against local-only training" in html
+    assert "against the best peer alone (peer" in html and "refused merges" in html
 
 
 def test_swarm_runs_are_deterministic_including_signatures() -> None:
@@ -179,3 +180,69 @@ def test_swarm_with_a_mean_merge_equals_fedavg_with_full_participation() -> None
     for a, b in zip(swarm["utility"]["per_round"], fed["utility"]["per_round"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["accuracy"] == pytest.approx(b["accuracy"])
+
+
+def test_insiders_forging_replaying_and_resigning_are_refused_in_a_run() -> None:
+    attacks = (
+        "attacks=[{name='insider_forgery', id='forge', params={attacker=0, victim=2, "
+        "rounds=[2, 3]}},"
+        "{name='ledger_tamper', id='resign', params={entry=5, at_round=3, resign='own_key'}}]"
+    )
+    v = _run([attacks])
+    forge = v["attacks"]["forge"]["metrics"]
+    assert forge["attempts"] == 2 * 4 and forge["accepted"] == 0  # 4 submissions per round
+    for mode in ("scenario_key", "replay", "own_key_as_victim"):
+        assert forge[f"{mode}_attempts"] > 0 and forge[f"{mode}_accepted"] == 0
+    reasons = v["attacks"]["forge"]["artifacts"]["reasons"]
+    assert any(r.startswith("replay: index") for r in reasons)
+    resign = v["attacks"]["resign"]["metrics"]
+    # entries 0-3 commits and 4 the merge of round 1; entry 5 is peer0's own round-2 commit,
+    # validly re-signed with its own key, so the break shows at entry 6 (peer1's commit)
+    assert resign["resigned_entries"] > 1 and resign["detected"] == 1
+    assert resign["detected_entry"] == 6
+    assert [r["participants"] for r in v["utility"]["per_round"]] == [4, 4, 0, 0]
+    assert v["topology"]["refused_merges"] == 2 and v["topology"]["paused_rounds"] == 0
+
+
+def test_rejoining_peer_never_syncs_a_merge_at_or_after_a_tampered_entry() -> None:
+    faults = "topology.params={min_peers=2, faults=[{peer=1, crash_round=2, rejoin_round=4}]}"
+    # round 1 entries 0..4 (merge 4), round 2: three commits 5..7, merge 8; tamper merge 8
+    tamper = "attacks=[{name='ledger_tamper', id='t', params={entry=8, at_round=3}}]"
+    v = _run([faults, tamper])
+    assert (
+        "round 4: peer1 rejoined and synced merged model of round 1 "
+        "(ledger fails verification at entry 8)"
+    ) in v["notes"]
+    assert v["attacks"]["t"]["metrics"]["detected_entry"] == 8
+
+
+def test_local_only_reports_each_peer_alone() -> None:
+    v = _run(["topology.params={local_only=true}"])
+    alone = v["topology"]["per_peer_accuracy"]
+    assert sorted(alone) == ["0", "1", "2", "3"]
+    mean = sum(alone.values()) / 4
+    assert v["utility"]["final_accuracy"] == pytest.approx(mean, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("attack", "message"),
+    [
+        (
+            "{name='ledger_tamper', params={entry=40, at_round=3}}",
+            "attacks.0.params.entry: entry 40",
+        ),
+        (
+            "{name='ledger_tamper', params={at_round=9}}",
+            "attacks.0.params.at_round: round 9 never comes",
+        ),
+        ("{name='insider_forgery', params={victim=9}}", "attacks.0.params.victim: peer 9"),
+        ("{name='insider_forgery', params={rounds=[1]}}", "attacks.0.params.rounds"),
+        ("{name='unenrolled_commit', params={impersonate=5}}", "attacks.0.params.impersonate"),
+    ],
+)
+def test_ledger_attack_params_that_cannot_apply_are_refused_up_front(
+    attack: str, message: str
+) -> None:
+    with pytest.raises(ScenarioError) as err:
+        _run([f"attacks=[{attack}]"])
+    assert str(err.value).startswith(message)

@@ -16,6 +16,8 @@ from privlab.report import Section, as_dict, as_number
 
 FAMILY = "gradient_inversion"
 PIXEL = 6
+"""Smallest pixel size; images are scaled up to at least DISPLAY px on their longer side."""
+DISPLAY = 96
 SOURCE_TEXT = {  # what the attack read, for the tables
     "client_update": "a client's update",
     "decrypted_update": "a client's update, decrypted with the colluding client's key",
@@ -26,6 +28,7 @@ SOURCE_TEXT = {  # what the attack read, for the tables
 def image_svg(values: list[float], shape: list[int], lo: float, hi: float) -> str:
     """One grey-scale image as SVG rects (first channel of a (C, H, W) record)."""
     h, w = (shape[-2], shape[-1]) if len(shape) >= 2 else (1, len(values))
+    px = max(PIXEL, DISPLAY // max(h, w, 1))
     span = (hi - lo) or 1.0
     rects = []
     for i in range(h):
@@ -33,11 +36,11 @@ def image_svg(values: list[float], shape: list[int], lo: float, hi: float) -> st
             v = values[i * w + j] if i * w + j < len(values) else 0.0
             g = round(255 * min(1.0, max(0.0, (v - lo) / span)))
             rects.append(
-                f'<rect x="{j * PIXEL}" y="{i * PIXEL}" width="{PIXEL}" height="{PIXEL}" '
+                f'<rect x="{j * px}" y="{i * px}" width="{px}" height="{px}" '
                 f'fill="rgb({g},{g},{g})"/>'
             )
     return (
-        f'<svg width="{w * PIXEL}" height="{h * PIXEL}" viewBox="0 0 {w * PIXEL} {h * PIXEL}" '
+        f'<svg width="{w * px}" height="{h * px}" viewBox="0 0 {w * px} {h * px}" '
         f'role="img" style="display:inline-block;vertical-align:middle;margin:1px;'
         f'border:1px solid #ccc">{"".join(rects)}</svg>'
     )
@@ -72,9 +75,9 @@ def _attempt_html(attempt: dict[str, Any]) -> str:
         caption += f" (first {len(origs)} of {n} records)"
     return (
         '<figure style="display:inline-block;margin:4px 10px 4px 0;vertical-align:top">'
-        f'<div style="white-space:nowrap">{row_o}</div>'
-        f'<div style="white-space:nowrap">{row_r}</div>'
-        f'<figcaption class="small" style="max-width:260px">{escape(caption)}</figcaption>'
+        f"<div>{row_o}</div>"
+        f"<div>{row_r}</div>"
+        f'<figcaption class="small">{escape(caption)}</figcaption>'
         "</figure>"
     )
 
@@ -130,6 +133,22 @@ def tradeoff_svg(results: dict[str, Any]) -> str:
         x_label="final test accuracy",
         y_label="mean PSNR of reconstructions (dB, capped at 100)",
         point_labels=labels,
+    )
+
+
+def _psnr_range(results: dict[str, Any]) -> str:
+    """The caption's numbers: the variants with the highest and lowest mean PSNR."""
+    psnr: dict[str, list[float]] = {}
+    for vname, _, entry, _ in _entries(results):
+        if (p := as_number(as_dict(entry.get("metrics")).get("psnr"))) is not None:
+            psnr.setdefault(vname, []).append(p)
+    if len(psnr) < 2:
+        return ""
+    mean = {k: sum(v) / len(v) for k, v in psnr.items()}
+    hi, lo = max(mean, key=mean.get), min(mean, key=mean.get)
+    return (
+        f"Mean PSNR over the attacks: highest {mean[hi]:.1f} dB ({hi}), lowest "
+        f"{mean[lo]:.1f} dB ({lo})."
     )
 
 
@@ -262,9 +281,8 @@ def sections(results: dict[str, Any]) -> list[Section]:
                 Section(
                     "Reconstruction quality against accuracy",
                     svg,
-                    "Each point is a variant: lower PSNR means less leakage; further right "
-                    "means a more useful model. Pruning and noise trade one for the other; "
-                    "secure aggregation keeps the accuracy of plain FedAvg.",
+                    "Each point is a variant and attack: lower PSNR means less leakage; further "
+                    "right means a more useful model. " + _psnr_range(results),
                     order=41,
                 )
             )

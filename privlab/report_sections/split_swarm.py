@@ -44,7 +44,7 @@ def _topology(results: dict[str, Any]) -> str:
     return str((scenario.get("topology") or {}).get("name") or "")
 
 
-def _image_svg(image: Any, size: int = 48) -> str:
+def _image_svg(image: Any, size: int = 96) -> str:
     """A (C, H, W) or (H, W) grayscale image in [0, 1] as an inline SVG of grey squares."""
     grid = (
         image[0] if isinstance(image, list) and image and isinstance(image[0][0], list) else image
@@ -175,6 +175,7 @@ def swarm_section(results: dict[str, Any]) -> Section | None:
                 escape(str(ledger.get("message", "—"))),
                 str(ledger.get("rejected_commits", "—")),
                 str(topo.get("paused_rounds", "—")),
+                str(topo.get("refused_merges", "—")),
             ]
         )
     head = [
@@ -185,13 +186,15 @@ def swarm_section(results: dict[str, Any]) -> Section | None:
         "verification",
         "refused commits",
         "paused rounds",
+        "refused merges",
     ]
     return Section(
         "Swarm learning: accuracy and the ledger",
         _table(head, rows) + _comparison(variants),
         caption=(
             "Local-only accuracy is the mean over peers of each peer's own model on the global "
-            "test set; a central variant pools all data on one server."
+            "test set; a central variant pools all data on one server. A round whose leader "
+            "refused to merge (the ledger failed verification) counts 0 participants."
         ),
         order=61,
     )
@@ -216,6 +219,11 @@ def _comparison(variants: dict[str, Any]) -> str:
     if "local" in acc:
         ln, b = acc["local"]
         parts.append(f"{a - b:+.3f} against local-only training '{escape(ln)}' ({b:.3f})")
+        alone = (variants[ln].get("topology") or {}).get("per_peer_accuracy") or {}
+        scored = [(as_number(x), k) for k, x in alone.items() if as_number(x) is not None]
+        if scored:
+            top, peer = max(scored)
+            parts.append(f"{a - top:+.3f} against the best peer alone (peer{peer}, {top:.3f})")
     return "<p>" + "; ".join(parts) + ".</p>"
 
 

@@ -8,16 +8,25 @@ so peers see each other's individual weights. A leader chosen deterministically 
 state (hash of the head and the round) merges the round's commits (sample-weighted mean, or a
 robust merge: coordinate-wise median or trimmed mean, or the variant's aggregation defense) and
 commits the merged model, which every peer then loads. Before merging, the leader verifies the
-whole ledger and refuses to merge from a ledger that fails verification.
+whole ledger and refuses to merge from a ledger that fails verification; such a round is
+recorded with 0 participants (nothing was merged) and counted in `refused_merges`.
+Every ledger read a peer acts on verifies the chain up to that entry: peers load the merged
+model through `Ledger.latest_verified`, and a rejoining peer syncs the newest merged model
+inside the verified prefix (never an entry at or after a tampered one).
+Attacks that act on the ledger get a `LedgerView` (read, submit entries signed with the keys
+they hold: a peer adversary holds its own peer's key; write access to the storage only when the
+attack declares `ledger_storage_write`), never the ledger or the authority.
 Faults: a peer may crash and rejoin (it then syncs the latest merged model from the ledger); a
 round with fewer live peers than `min_peers` pauses (no training, no merge) with a clear note.
 `local_only = true` trains every peer alone (no commits): the local-only baseline, whose
-accuracy is the mean over peers of each peer's own model.
+accuracy is the mean over peers of each peer's own model, and `per_peer_accuracy` (under
+`topology`) holds each peer's own model's test accuracy (each clinic alone).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import time
 from typing import Any, Literal
 
@@ -27,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from privlab.defenses.base import Placement
 from privlab.errors import ScenarioError
 from privlab.ledger import Authority, Ledger, LedgerError, PeerIdentity
+from privlab.ledger_view import LedgerView
 from privlab.scenario import validate_params
 from privlab.topologies.base import (
     DefenseStack,
@@ -147,11 +157,14 @@ class SwarmTopology(Topology):
             for k in attack.controlled_clients(n):
                 self.owner.setdefault(k, attack)
         trainers = [self._trainer(c.client_id, c.train_idx) for c in ctx.clients]
-        self.authority = Authority(self.seed)
+        self.authority = Authority()
         self.identities: list[PeerIdentity] = [self.authority.enrol(peer(k)) for k in range(n)]
         self.ledger = Ledger(self.authority)
+        views = self._views()
+        refused = paused = 0
         model = copy.deepcopy(ctx.model)
         state: State = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.initial_state = {k: v.clone() for k, v in state.items()}
         local: list[State] = [state for _ in range(n)]
         records: list[RoundRecord] = []
         notes: list[str] = []
@@ -164,10 +177,8 @@ class SwarmTopology(Topology):
                 elif not self.live(k, r) and was_live[k]:
                     notes.append(f"round {r}: peer{k} crashed")
                 was_live[k] = self.live(k, r)
-            for attack in ctx.attacks:
-                act = getattr(attack, "act_on_ledger", None)
-                if act is not None:
-                    act(r, self.ledger)
+            for act, view in views:
+                act(r, view)
             if p.local_only:
                 for k in live:
                     trainers[k].train(local[k])
@@ -180,13 +191,15 @@ class SwarmTopology(Topology):
                 )
                 model.load_state_dict(state)
                 records.append(self.record(r, model, participants=0))
+                paused += 1
                 continue
             commits = self._train_and_commit(r, live, trainers, local, state)
-            state = self._merge(r, live, commits, trainers, state, notes)
+            state, merged = self._merge(r, live, commits, trainers, state, notes)
+            refused += merged == 0
             for k in live:
                 local[k] = state
             model.load_state_dict(state)
-            records.append(self.record(r, model, participants=len(live)))
+            records.append(self.record(r, model, participants=merged))
         check = self.ledger.verify()
         notes.append(f"ledger: {check.entries} entries; {check.message}")
         notes += self.ledger.rejected
@@ -205,12 +218,34 @@ class SwarmTopology(Topology):
                 "rejected_commits": len(self.ledger.rejected),
                 "rejections": list(self.ledger.rejected),
             },
-            "paused_rounds": sum(1 for rec in records if rec.participants == 0),
+            "paused_rounds": paused,
+            "refused_merges": refused,
             "local_only": p.local_only,
         }
+        if p.local_only:
+            extra["per_peer_accuracy"] = {
+                str(k): round(evaluate(t.model, ctx.x_test, ctx.y_test)[0], 6)
+                for k, t in enumerate(trainers)
+            }
         if self.owner:
             notes.append(f"rogue peers: {sorted(self.owner)}")
         return TrainingOutcome(model, records, privacy, notes, extra=extra)
+
+    def _views(self) -> list[tuple[Any, LedgerView]]:
+        """Each ledger-acting attack's restricted view, holding only the key its adversary holds:
+        a peer adversary its own peer's key, anyone else none."""
+        out = []
+        for attack in self.ctx.attacks:
+            act = getattr(attack, "act_on_ledger", None)
+            if act is None:
+                continue
+            tm = attack.threat_model()
+            match = re.fullmatch(r"peer(\d+)", tm.party or "")
+            k = int(match.group(1)) if tm.adversary == "peer" and match else None
+            identity = self.identities[k] if k is not None and k < len(self.identities) else None
+            write = bool(getattr(attack, "ledger_storage_write", False))
+            out.append((act, LedgerView(self.ledger, identity, storage_write=write)))
+        return out
 
     def _trainer(self, k: int, idx: Any) -> LocalTrainer:
         x = self.ctx.x_train[torch.as_tensor(idx)]
@@ -220,13 +255,15 @@ class SwarmTopology(Topology):
         return self.make_trainer(k, x, y)
 
     def _rejoin(self, r: int, k: int, state: State, notes: list[str]) -> State:
-        merged = self.ledger.latest("merge")
+        """Sync the newest merged model whose chain verifies (the initial model if none)."""
+        merged, check = self.ledger.latest_verified("merge")
         notes.append(
             f"round {r}: peer{k} rejoined and synced "
             + (f"merged model of round {merged.round}" if merged else "the initial model")
+            + ("" if check.ok else f" (ledger fails verification at entry {check.bad_index})")
         )
         if merged is None:
-            return state
+            return self.initial_state
         self.ctx.wire.send(r, LEDGER, peer(k), "ledger_entry", merged.weights)
         return {k2: v.clone() for k2, v in merged.weights.items()}
 
@@ -290,12 +327,13 @@ class SwarmTopology(Topology):
         trainers: list[LocalTrainer],
         state: State,
         notes: list[str],
-    ) -> State:
+    ) -> tuple[State, int]:
+        """The leader's merge of round r and the number of commits it merged (0: refused)."""
         leader = live[self.ledger.leader_index(r, len(live))]
         check = self.ledger.verify()
         if not check.ok:
             notes.append(f"round {r}: leader peer{leader} refused to merge: {check.message}")
-            return state
+            return state, 0
         entries = [e for e in self.ledger.storage if e.round == r and e.kind == "commit"]
         stack = [e.weights for e in entries]
         weights = [float(e.meta.get("num_samples", 1)) for e in entries]
@@ -323,13 +361,18 @@ class SwarmTopology(Topology):
             )
         except LedgerError as exc:  # pragma: no cover - the leader is always enrolled
             notes.append(f"round {r}: merge refused: {exc}")
-            return state
+            return state, 0
         for j in live:
             if j != leader:
                 self.ctx.wire.send(
                     r, LEDGER, peer(j), "ledger_entry", _EntryView(leader, merged, "merge")
                 )
-        return {k: v.clone() for k, v in entry.weights.items()}
+        # The peers act on the merge only after verifying the chain up to it.
+        loaded, check = self.ledger.latest_verified("merge")
+        if loaded is None or loaded.hash != entry.hash:  # pragma: no cover - just verified
+            notes.append(f"round {r}: peers refused the merge: {check.message}")
+            return state, 0
+        return {k: v.clone() for k, v in loaded.weights.items()}, len(stack)
 
 
 def _delta(new: State, old: State) -> dict[str, torch.Tensor]:
