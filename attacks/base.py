@@ -81,6 +81,9 @@ class FinalView:
     population: PopulationData | None = None
     """Auxiliary records the adversary legitimately holds (same distribution, disjoint from
     every client's records and so from the challenge): reference (shadow) models train on it."""
+    defenses: tuple[ComponentSpec, ...] = ()
+    """The variant's defenses as its recipe declares them (names and params, public like the
+    rest of the recipe; never the live objects, which may hold keys): shadows mirror them."""
 
 
 @dataclass
@@ -89,6 +92,8 @@ class MembershipScores:
 
     scores: np.ndarray
     threshold: float | None = None
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    """What the attack wants recorded beside its metrics (e.g. how its shadows were built)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,7 @@ class AttackResult:
     metrics: dict[str, Any]
     artifacts: dict[str, Any] = field(default_factory=dict)
     ci_methods: dict[str, str] = field(default_factory=dict)
-    """How each metric's `<m>_ci` was computed ({"psnr": "percentile bootstrap ..."})."""
+    """How each metric's `<m>_ci` was computed ({"auc": "DeLong", ...})."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ a federated run, or the central baseline). `lira_server` is an honest-but-curiou
 reads client k's plaintext update on the wire, rebuilds client k's local model (global + update)
 and asks "was record x in client k's data?"; its reference models start from the same global
 model and train for the client's local epochs on as many records as client k holds.
+Reference models follow the target's recipe as the adversary knows it (the threat model's
+`knowledge`): same architecture, the target's number of training records (the released model's
+training-set size, split across the same number of clients; or client k's), the local training
+settings, and the training-time defenses (DP-SGD with the target's noise multiplier, clip and
+sampling rate; client-side clipping and noise: attacks/shadow_recipe.py).
 Qualitative result reproduced (tests/test_lira.py): on an overfit model online LiRA beats the
 loss threshold at TPR@1% FPR, and offline sits between them.
 """
@@ -41,6 +46,7 @@ from privlab.attacks.base import (
     PopulationData,
     ThreatModel,
 )
+from privlab.attacks.shadow_recipe import shadow_defenses
 from privlab.errors import ScenarioError
 from privlab.reference_models import (
     ReferenceJob,
@@ -100,7 +106,8 @@ def lira_scores(
 
     target_phi (N,), ref_phi (M, N), in_mask (M, N): True where reference model i trained on
     record n. Per-example stds fall back to the global one for records with fewer than two
-    models on a side.
+    models on a side; a record without any IN model (online, when the target's training set
+    is small against the pool) gets the OUT mean plus the average IN - OUT gap.
     """
     out_mask = ~in_mask
     mu_out, sd_out, n_out = _masked_stats(ref_phi, out_mask)
@@ -110,6 +117,14 @@ def lira_scores(
     if not online:
         return -stats.norm.logsf(target_phi, loc=mu_out, scale=sd_out)
     mu_in, sd_in, n_in = _masked_stats(ref_phi, in_mask)
+    both = (n_in > 0) & (n_out > 0)
+    if (n_in == 0).any():
+        # The target's training set can be far smaller than the pool (one client's records),
+        # so some records have no IN model: their IN mean is the OUT mean shifted by the
+        # average IN - OUT gap of the records that have both (one global shift, as the fixed
+        # variance is one global spread).
+        gap = float((mu_in - mu_out)[both].mean()) if both.any() else 0.0
+        mu_in = np.where(n_in > 0, mu_in, mu_out + gap)
     g_in = _pooled_std(ref_phi, in_mask, mu_in, n_in)
     sd_in = np.full_like(mu_in, g_in) if fixed_variance else np.where(n_in >= 2, sd_in, g_in)
     sd_in = np.maximum(sd_in, MIN_STD)
@@ -132,7 +147,15 @@ class TargetSpec:
     client_fraction: float = 1.0
     init_state: State | None = None
     train_size: int | None = None
-    """Records the target trained on, if the adversary knows it (a FedAvg server does)."""
+    """Records the target trained on (the released model's training set, or client k's);
+    None: half of the pool."""
+
+
+RECIPE_KNOWLEDGE = (
+    "training recipe: architecture, local training settings, training-time defenses "
+    "(DP-SGD noise multiplier, clip and sampling rate; client-side clipping and noise)",
+    "population data",
+)
 
 
 @dataclass
@@ -140,6 +163,8 @@ class ReferenceOutput:
     logprobs: np.ndarray  # (M, N_eval, C) on the evaluated records
     in_mask: np.ndarray  # (M, N_eval)
     from_cache: bool
+    info: dict[str, Any]
+    """How the reference models mirror the target (saved as the attack's artifact)."""
 
 
 def fit_reference(
@@ -164,10 +189,9 @@ def fit_reference(
         px, py = np.concatenate([cx, population.x]), np.concatenate([cy, population.y])
     else:
         px, py = population.x, population.y
-    size = len(py) // 2
-    if target.train_size is not None:
-        size = min(size if not online else len(py), target.train_size)
-    size = max(1, size)
+    wanted = target.train_size if target.train_size is not None else len(py) // 2
+    limit = len(py) - 1 if online else len(py)  # online: every record needs OUT models
+    size = max(target.num_clients, min(wanted, limit))
     rng = np.random.default_rng([seed, 41, int(online)])
     masks = subset_masks(len(py), num_models, size, rng)
     recipe = view.recipe
@@ -175,6 +199,7 @@ def fit_reference(
     x0 = np.asarray(cx[:1])
     with torch.no_grad():
         num_classes = int(probe(torch.as_tensor(x0)).shape[1])
+    shadow = shadow_defenses(view, size // target.num_clients)
     job = ReferenceJob(
         x=px,
         y=py,
@@ -187,6 +212,9 @@ def fit_reference(
         model_key=model_key(recipe.model.model_dump_json(), tuple(x0.shape[1:]), num_classes),
         seed=seed,
         init_state=target.init_state,
+        dp=shadow.dp,
+        update_transforms=shadow.transforms,
+        defenses_key=shadow.key,
     )
     models, hit = train_reference_models(job, view.model_factory, use_cache=cache)
     eval_x = cx if extra_eval is None else np.concatenate([cx, extra_eval])
@@ -194,7 +222,22 @@ def fit_reference(
     n_extra = 0 if extra_eval is None else len(extra_eval)
     in_mask = masks[:, : len(cy)] if online else np.zeros((num_models, len(cy)), dtype=bool)
     in_mask = np.concatenate([in_mask, np.zeros((num_models, n_extra), dtype=bool)], axis=1)
-    return ReferenceOutput(logp, in_mask, hit)
+    info: dict[str, Any] = {
+        "num_models": num_models,
+        "records_per_model": size,
+        "target_records": target.train_size,
+        "clients_per_model": target.num_clients,
+        "rounds": target.rounds,
+        "mirrored_defenses": [d["name"] for d in shadow.mirrored],
+        "dp_sgd": None if shadow.dp is None else dict(shadow.dp.__dict__),
+        "not_mirrored_defenses": shadow.not_mirrored,
+    }
+    if target.train_size is not None and size < target.train_size:
+        info["note"] = (
+            f"reference models train on {size} records, fewer than the target's "
+            f"{target.train_size}: the attacker's data pool is too small"
+        )
+    return ReferenceOutput(logp, in_mask, hit, info)
 
 
 def _log_softmax(models: StackedModels, x: np.ndarray) -> np.ndarray:
@@ -209,12 +252,14 @@ def global_target(view: FinalView, rounds: int | None) -> TargetSpec:
     of clients, or central training), for `rounds` rounds when the attack overrides it."""
     recipe = view.recipe
     federated = recipe.topology.name == "federated"
+    sizes = view.side_information.get("client_num_samples") or {}
     return TargetSpec(
         logprobs=lambda x: log_probs_from_probs(view.query(x)),
         rounds=rounds or recipe.topology.rounds,
         num_clients=recipe.partition.num_clients if federated else 1,
         server_lr=recipe.topology.server_lr if federated else 1.0,
         client_fraction=recipe.topology.client_fraction if federated else 1.0,
+        train_size=int(sum(sizes.values())) if sizes else None,
     )
 
 
@@ -240,7 +285,11 @@ class ServerSideTarget:
     def threat_model(self) -> ThreatModel:
         return ThreatModel(
             adversary="server",
-            knowledge=("training recipe", "population data", "client sample counts"),
+            knowledge=(
+                *RECIPE_KNOWLEDGE,
+                "client sample counts (client k's training-set size)",
+                "the global model sent to client k and client k's update",
+            ),
         )
 
     def target_parties(self) -> list[int] | None:
@@ -308,10 +357,23 @@ class ServerSideTarget:
 # --------------------------------------------------------------------------- attacks
 
 
+PER_EXAMPLE_MIN_MODELS = 64
+"""Carlini et al. 2022 (Sec. VI-B, Fig. 8): per-example variances pay off from about 64
+reference models; with fewer, one global (fixed) variance is the stronger estimate."""
+
+
+def resolve_variance(variance: str, num_models: int) -> str:
+    """'auto' picks fixed below PER_EXAMPLE_MIN_MODELS reference models, per-example from it."""
+    if variance != "auto":
+        return variance
+    return "per_example" if num_models >= PER_EXAMPLE_MIN_MODELS else "fixed"
+
+
 class LiRAParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["online", "offline"] = "online"
-    variance: Literal["per_example", "fixed"] = "per_example"
+    variance: Literal["auto", "per_example", "fixed"] = "auto"
+    """auto: fixed below 64 reference models, per-example from 64 (the paper's advice)."""
     num_reference_models: int = Field(default=16, ge=1)
     rounds: int | None = Field(default=None, gt=0)
     """Training rounds of the reference models (default: the target recipe's)."""
@@ -337,16 +399,20 @@ class LiRAAttack(Attack):
 
     def __init__(self, spec: Any, field: str) -> None:
         super().__init__(spec, field)
-        need = min_reference_models(self.params.mode, self.params.variance)
+        self.variance = resolve_variance(self.params.variance, self.params.num_reference_models)
+        need = min_reference_models(self.params.mode, self.variance)
         if self.params.num_reference_models < need:
             raise ScenarioError(
                 f"{field}.params.num_reference_models: {self.params.mode} LiRA with "
-                f"{self.params.variance} variance needs at least {need} reference models "
+                f"{self.variance} variance needs at least {need} reference models "
                 f"(got {self.params.num_reference_models})"
             )
 
     def threat_model(self) -> ThreatModel:
-        return ThreatModel(adversary="outsider", knowledge=("training recipe", "population data"))
+        return ThreatModel(
+            adversary="outsider",
+            knowledge=(*RECIPE_KNOWLEDGE, "the released model's training-set size"),
+        )
 
     def _target(self, view: FinalView) -> TargetSpec | None:
         return global_target(view, self.params.rounds)
@@ -379,9 +445,10 @@ class LiRAAttack(Attack):
             ref_phi,
             ref.in_mask,
             online=self.params.mode == "online",
-            fixed_variance=self.params.variance == "fixed",
+            fixed_variance=self.variance == "fixed",
         )
-        return MembershipScores(scores=scores)
+        info = {**ref.info, "variance": self.variance}
+        return MembershipScores(scores=scores, artifacts={"reference_models": info})
 
     def _no_target(self) -> AttackResult:
         raise NotImplementedError

@@ -16,6 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from privlab.attacks.base import Attack, FinalView, MembershipScores, ThreatModel
+from privlab.metrics import METRIC_NAMES
 
 
 def cross_entropy_per_example(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -27,22 +28,7 @@ class LossThresholdAttack(Attack):
     """Membership inference by per-example loss threshold (Yeom et al. 2018)."""
 
     family = "membership"
-    metric_names: ClassVar[frozenset[str]] = frozenset(
-        {
-            "auc",
-            "tpr_at_1pct_fpr",
-            "tpr_at_0.1pct_fpr",
-            "tpr_at_0pct_fpr",
-            "balanced_accuracy",
-            "advantage",
-            "n_members",
-            "n_nonmembers",
-            "threshold_tpr",
-            "threshold_fpr",
-            "threshold_balanced_accuracy",
-            "threshold_advantage",
-        }
-    )
+    metric_names: ClassVar[frozenset[str]] = METRIC_NAMES
     """Every metric the referee computes from its scores (privlab.metrics.membership_metrics);
     expectations naming another are refused before training."""
 

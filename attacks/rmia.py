@@ -130,7 +130,7 @@ class RMIAAttack(LiRAAttack):
         scores = rmia_scores(
             target_p[:n], marginal[:n], target_p[n:], marginal[n:], self.params.gamma
         )
-        return MembershipScores(scores=scores)
+        return MembershipScores(scores=scores, artifacts={"reference_models": ref.info})
 
 
 class RMIAServerAttack(ServerSideTarget, RMIAAttack):

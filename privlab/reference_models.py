@@ -10,22 +10,28 @@ decay. Every model's subset has the same size, so all models take the same numbe
 A federated recipe is emulated faithfully: each reference model is a FedAvg run whose subset is
 split across `num_clients` lanes that train `local_epochs` from the model's global weights each
 round and are then averaged (all clients every round; equal shares, so the plain mean).
+Training-time defenses are mirrored as the recipe states them: DP-SGD (`dp`: per-sample
+clipping and noise on Poisson batches, privlab.stacked_dp), FedProx's proximal step, and the
+client-side update transforms (clipping, noise, pruning: `update_transforms`, applied to each
+lane's update before averaging).
 
 Trained models are cached under `.privlab-cache/` (or $PRIVLAB_CACHE_DIR) keyed by a SHA-256 of
 everything that defines them: the pool's bytes, the membership masks, the recipe, the model
-spec, the starting weights, the seed and the privlab version. A changed target or data set
-therefore never reuses a stale cache.
+spec, the mirrored defenses, the starting weights, the seed and the privlab version. A changed
+target or data set therefore never reuses a stale cache; entries carry a content checksum and
+are rebuilt when damaged (privlab.reference_cache).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +40,12 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from privlab import __version__
+from privlab.reference_cache import load_entry, save_entry
+from privlab.stacked_dp import PrivateRecipe, per_sample_grads, poisson_batches, private_gradients
 from privlab.training import State, TrainSettings, seeded_generator
 
-CACHE_FORMAT = 1
+UpdateTransform = Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
+CACHE_FORMAT = 2
 CACHE_ENV = "PRIVLAB_CACHE_DIR"
 DEFAULT_CACHE_DIR = ".privlab-cache"
 
@@ -64,6 +73,12 @@ class ReferenceJob:
     client_fraction: float = 1.0
     init_state: State | None = None
     """Common starting weights (e.g. the global model of a round); None: fresh inits."""
+    dp: PrivateRecipe | None = None
+    """The target's DP-SGD (None: plain SGD)."""
+    update_transforms: tuple[UpdateTransform, ...] = ()
+    """Client-side transforms of each lane's update (clip, noise, ...), in the target's order."""
+    defenses_key: str = ""
+    """JSON of the mirrored defenses (names and params): their part of the cache key."""
 
     def key(self) -> str:
         h = hashlib.sha256()
@@ -79,6 +94,8 @@ class ReferenceJob:
             "client_fraction": self.client_fraction,
             "model": self.model_key,
             "seed": self.seed,
+            "dp": None if self.dp is None else dataclasses.asdict(self.dp),
+            "defenses": self.defenses_key,
             "version": __version__,
             "format": CACHE_FORMAT,
         }
@@ -94,25 +111,22 @@ class ReferenceJob:
 def subset_masks(
     pool_size: int, num_models: int, subset_size: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Membership masks, each row holding exactly `subset_size` records.
+    """Membership masks, each row holding exactly `subset_size` records, balanced per record.
 
-    When the subset is half the pool (online LiRA), models come in complementary pairs, so each
-    record is in exactly half the models (as in Carlini et al.'s reference code) and every
-    record has both IN and OUT models. Otherwise each model draws its own random subset.
+    Model i takes the `subset_size` records that are IN the fewest earlier models (ties broken
+    at random), so every record is IN for about subset_size / pool_size of the models (counts
+    differ by at most one), as the LiRA reference code keeps each record in a fixed share of
+    the models. When the subset is half the pool, models come in complementary pairs and every
+    record has both IN and OUT models.
     """
     if not 0 < subset_size <= pool_size:
         raise ValueError(f"subset size {subset_size} must lie in 1..{pool_size}")
     masks = np.zeros((num_models, pool_size), dtype=bool)
-    half = pool_size // 2
-    i = 0
-    while i < num_models:
-        order = rng.permutation(pool_size)
+    counts = np.zeros(pool_size, dtype=np.int64)
+    for i in range(num_models):
+        order = np.lexsort((rng.random(pool_size), counts))
         masks[i, order[:subset_size]] = True
-        if subset_size == half and i + 1 < num_models:
-            masks[i + 1, order[half : 2 * half]] = True
-            i += 2
-        else:
-            i += 1
+        counts += masks[i]
     return masks
 
 
@@ -171,6 +185,72 @@ def _lane_members(masks: np.ndarray, num_clients: int, gen: np.random.Generator)
     return np.stack(lanes)
 
 
+def _plain_epoch(stacked, opt, members, x, y, bs, gen, prox) -> None:  # type: ignore[no-untyped-def]
+    """One shuffled epoch of mini-batch SGD in every lane."""
+    lanes, size = members.shape
+    order = torch.argsort(torch.rand(lanes, size, generator=gen), dim=1)
+    shuffled = torch.gather(members, 1, order)
+    for s in range(0, size, bs):
+        idx = shuffled[:, s : s + bs]
+        logits = stacked.forward_each(x[idx])
+        loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="sum")
+        opt.zero_grad(set_to_none=True)
+        (loss / idx.shape[1]).backward()
+        opt.step()
+        prox()
+
+
+def _private_epoch(stacked, opt, members, x, y, settings, dp, gen, prox) -> None:  # type: ignore[no-untyped-def]
+    """One DP-SGD epoch in every lane: ceil(n / batch_size) Poisson batches, as the target's
+    DP trainer takes, each a clipped, noised, expected-batch-scaled step."""
+    size = members.shape[1]
+    expected = max(1, round(dp.sample_rate * size))
+    for _ in range(settings.steps_per_epoch(size)):
+        idx, weight = poisson_batches(members, dp.sample_rate, gen)
+        grads = per_sample_grads(stacked.base, stacked.params, stacked.buffers, x[idx], y[idx])
+        private = private_gradients(
+            grads,
+            weight,
+            max_grad_norm=dp.max_grad_norm,
+            noise_multiplier=dp.noise_multiplier,
+            expected_batch_size=expected,
+            generator=gen,
+        )
+        for name, p in stacked.params.items():
+            p.grad = private[name]
+        opt.step()
+        prox()
+
+
+def _proximal(params: dict[str, torch.Tensor], start: State, settings: TrainSettings) -> None:
+    """FedProx's proximal step towards the round's start, after each optimiser step, as
+    LocalTrainer._proximal_step does."""
+    if settings.fedprox_mu <= 0:
+        return
+    with torch.no_grad():
+        for k, p in params.items():
+            p.sub_(p - start[k], alpha=settings.lr * settings.fedprox_mu)
+
+
+def _transform_updates(
+    params: dict[str, torch.Tensor],
+    start: State,
+    transforms: tuple[UpdateTransform, ...],
+    seed: int,
+    round_: int,
+) -> None:
+    """Apply the client-side update defenses to each lane's update (local - start)."""
+    lanes = next(iter(params.values())).shape[0]
+    with torch.no_grad():
+        for lane in range(lanes):
+            update = {k: p[lane] - start[k][lane] for k, p in params.items()}
+            gen = seeded_generator(seed, lane, round_, 53)
+            for transform in transforms:
+                update = transform(update, gen)
+            for k, p in params.items():
+                p[lane].copy_(start[k][lane] + update[k])
+
+
 def _train(job: ReferenceJob, model_factory: Callable[[], nn.Module]) -> StackedModels:
     masks = np.asarray(job.masks, dtype=bool)
     num_models, clients = masks.shape[0], job.num_clients
@@ -186,13 +266,13 @@ def _train(job: ReferenceJob, model_factory: Callable[[], nn.Module]) -> Stacked
     stacked = StackedModels(base, params, buffers)
     x, y = torch.as_tensor(job.x), torch.as_tensor(job.y)
     members = torch.as_tensor(_lane_members(masks, clients, np.random.default_rng([job.seed, 39])))
-    lanes, size = members.shape
     bs = job.settings.batch_size
     gen = seeded_generator(job.seed, 37)
     sampler = np.random.default_rng([job.seed, 47])
     per_round = max(1, round(job.client_fraction * clients))
     base.train()
-    for _ in range(job.rounds):
+    dp = job.dp
+    for r in range(job.rounds):
         start = {k: v.detach().clone() for k, v in params.items()}
         opt = torch.optim.SGD(  # fresh optimiser state every round, as the local trainers do
             list(params.values()),
@@ -200,16 +280,14 @@ def _train(job: ReferenceJob, model_factory: Callable[[], nn.Module]) -> Stacked
             momentum=job.settings.momentum,
             weight_decay=job.settings.weight_decay,
         )
+        prox = functools.partial(_proximal, params, start, job.settings)
         for _ in range(job.settings.local_epochs):
-            order = torch.argsort(torch.rand(lanes, size, generator=gen), dim=1)
-            shuffled = torch.gather(members, 1, order)
-            for s in range(0, size, bs):
-                idx = shuffled[:, s : s + bs]
-                logits = stacked.forward_each(x[idx])
-                loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="sum")
-                opt.zero_grad(set_to_none=True)
-                (loss / idx.shape[1]).backward()
-                opt.step()
+            if dp is None:
+                _plain_epoch(stacked, opt, members, x, y, bs, gen, prox)
+            else:
+                _private_epoch(stacked, opt, members, x, y, job.settings, dp, gen, prox)
+        if job.update_transforms:
+            _transform_updates(params, start, job.update_transforms, job.seed, r)
         if clients > 1 or job.server_lr != 1.0:
             keep = np.zeros((num_models, clients))
             for i in range(num_models):
@@ -235,17 +313,18 @@ def train_reference_models(
     use_cache: bool = True,
 ) -> tuple[StackedModels, bool]:
     """Train (or load from the cache) the job's models; returns (models, loaded_from_cache)."""
-    path = cache_dir() / f"ref-{job.key()}.pt"
-    if use_cache and path.is_file():
-        saved: dict[str, Any] = torch.load(path, weights_only=True)
-        base = model_factory().to("meta")
-        return StackedModels(base, saved["params"], saved["buffers"]), True
+    key = job.key()
+    path = cache_dir() / f"ref-{key}.pt"
+    base = model_factory().to("meta")
+    if use_cache:
+        num = len(job.masks)
+        expected = {k: (num, *v.shape) for k, v in base.named_parameters()}
+        loaded = load_entry(path, key, expected)
+        if loaded is not None:
+            return StackedModels(base, *loaded), True
     stacked = _train(job, model_factory)
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"params": stacked.params, "buffers": stacked.buffers}, tmp)
-        tmp.replace(path)
+        save_entry(path, key, stacked.params, stacked.buffers)
     return stacked, False
 
 

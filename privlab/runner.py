@@ -33,7 +33,7 @@ from privlab.engine.network import network_cost
 from privlab.errors import Diverged, ScenarioError
 from privlab.expectations import check_expectation_paths, check_expectations
 from privlab.fairness import fairness_metrics
-from privlab.metrics import membership_metrics
+from privlab.metrics import CI_METHODS, membership_metrics
 from privlab.models import build_model, check_model
 from privlab.partition import ClientData, partition
 from privlab.results import (
@@ -67,16 +67,27 @@ class Referee:
     is_member: np.ndarray
 
 
-def build_challenge(dataset: Dataset, clients: list[ClientData], seed: int) -> Referee:
-    """Equal numbers of members (training records) and non-members (held-out records)."""
+def build_challenge(
+    dataset: Dataset,
+    clients: list[ClientData],
+    seed: int,
+    *,
+    every_client: list[ClientData] | None = None,
+    iid: bool = False,
+) -> Referee:
+    """Every member (training record of the targeted clients) and every exact non-member.
+
+    Non-members are the targeted clients' held-out records; under an iid partition every
+    client's holdout comes from the same distribution and no party trained on it, so the whole
+    holdout (`every_client`'s) serves, which is what makes low-FPR claims resolvable for an
+    attack on one client. Classes are not balanced: ROC metrics do not depend on the prior.
+    """
     members = np.concatenate([c.train_idx for c in clients])
-    outsiders = np.concatenate([c.holdout_idx for c in clients])
+    pool = every_client if iid and every_client is not None else clients
+    outsiders = np.concatenate([c.holdout_idx for c in pool])
     rng = np.random.default_rng([seed, 23])
-    n = min(len(members), len(outsiders))
-    members = np.sort(rng.choice(members, size=n, replace=False))
-    outsiders = np.sort(rng.choice(outsiders, size=n, replace=False))
-    idx = np.concatenate([members, outsiders])
-    truth = np.concatenate([np.ones(n, dtype=bool), np.zeros(n, dtype=bool)])
+    idx = np.concatenate([np.sort(members), np.sort(outsiders)])
+    truth = np.concatenate([np.ones(len(members), dtype=bool), np.zeros(len(outsiders), bool)])
     order = rng.permutation(len(idx))
     challenge = MembershipChallenge(x=dataset.x_train[idx[order]], y=dataset.y_train[idx[order]])
     return Referee(challenge, truth[order])
@@ -138,7 +149,7 @@ def make_query(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Referee) -> dict:
     if isinstance(output, MembershipScores):
         metrics, artifacts = membership_metrics(output.scores, referee.is_member, output.threshold)
-        output = AttackResult(metrics, artifacts)
+        output = AttackResult(metrics, {**output.artifacts, **artifacts}, dict(CI_METHODS))
     return {
         "name": attack.spec.name,
         "family": attack.family,
@@ -330,7 +341,9 @@ class ScenarioRun:
                 self.attack_progress(variant.name, attack.id, done, len(attacks))
             targets = attack.target_parties()
             chosen = clients if targets is None else [clients[k] for k in targets]
-            referee = build_challenge(dataset, chosen, vs.seed)
+            referee = build_challenge(
+                dataset, chosen, vs.seed, every_client=clients, iid=vs.partition.scheme == "iid"
+            )
             view = FinalView(
                 query=make_query(outcome.model),
                 challenge=referee.challenge,
@@ -343,6 +356,7 @@ class ScenarioRun:
                     "client_num_samples": {c.client_id: len(c.train_idx) for c in clients},
                 },
                 population=PopulationData(x=dataset.x_test, y=dataset.y_test),
+                defenses=tuple(d.spec for d in defenses.all()),
             )
             output = attack.finalize(view)
             if isinstance(output, RefereeGraded):

@@ -11,6 +11,7 @@ torch.set_num_threads(1)
 
 # A tiny federated run: digits, 4 clients, 3 rounds.
 TINY = [
+    'attacks=[{name="loss_threshold", id="mia_loss"}]',  # the default's shadow attacks are slow
     "partition.num_clients=4",
     "topology.rounds=3",
     "topology.local_epochs=1",

@@ -232,6 +232,7 @@ RUN_CASES: list[tuple[str, Make, int, tuple[str, ...]]] = [
         "ledger-tamper-entry-that-cannot-exist",
         lambda t: s(
             'topology.name="swarm"',
+            "partition.num_clients=10",
             'variants=[{name="v"}]',
             "expectations=[]",
             'attacks=[{name="ledger_tamper", params={entry=999, at_round=2}}]',

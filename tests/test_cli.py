@@ -236,7 +236,13 @@ def test_a_failing_report_render_leaves_earlier_files_intact(
     [
         (["--set", "topology.params.late_dropot=0.2"], "did you mean 'late_dropout'"),
         (["--set", "topology.params.late_dropout=1.5"], "less than 1"),
-        (["--set", 'topology.name="central"', "--set", "topology.params.x=1"], "no fields"),
+        (
+            [
+                *("--set", 'topology.name="central"', "--set", "attacks=[]"),
+                *("--set", "topology.params.x=1"),
+            ],
+            "no fields",
+        ),
     ],
 )
 def test_topology_params_are_strict(args: list[str], fragment: str, earlier_report: Path) -> None:

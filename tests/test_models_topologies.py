@@ -39,7 +39,9 @@ def test_weighted_mean_is_fedavg() -> None:
 
 
 def run(overrides: list[str]) -> dict:
-    scenario = load_scenario(None, [*overrides, "expectations=[]", 'variants=[{name="v"}]'])
+    scenario = load_scenario(
+        None, ["attacks=[]", *overrides, "expectations=[]", 'variants=[{name="v"}]']
+    )
     return ScenarioRun(scenario).run()["variants"]["v"]
 
 
@@ -105,6 +107,8 @@ def test_a_defense_the_topology_cannot_apply_is_refused_before_training(
         None,
         [
             f'topology.name="{topology}"',
+            "attacks=[]",
+            "partition.num_clients=10",
             "expectations=[]",
             f'variants=[{{name="fine"}}, {{name="bad", defenses=[{defense}]}}]',
         ],

@@ -168,7 +168,7 @@ def test_swarm_runs_are_deterministic_including_signatures() -> None:
 
 def test_defenses_that_need_a_server_are_refused() -> None:
     with pytest.raises(ScenarioError, match="'fltrust' needs a server holding root data"):
-        _run(["variants=[{name='f', defenses=[{name='fltrust'}]}]"])
+        _run(["data.test_fraction=0.2", "variants=[{name='f', defenses=[{name='fltrust'}]}]"])
     v = _run(["variants=[{name='k', defenses=[{name='median'}]}]"])  # the leader's merge rule
     assert v["utility"]["final_accuracy"] > 0.8
 

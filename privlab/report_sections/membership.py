@@ -117,6 +117,17 @@ def audit_section(variants: dict[str, Any]) -> Section | None:
     )
 
 
+def _with_ci(metrics: dict[str, Any], key: str) -> str:
+    """'0.594 [0.566, 0.622]': the value and its 95% interval when results carry one."""
+    value = _fmt(metrics.get(key))
+    ci = metrics.get(f"{key}_ci")
+    if isinstance(ci, list) and len(ci) == 2:
+        value += f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+    if metrics.get(f"{key}_below_resolution") is True:
+        value += " (below resolution)"
+    return value
+
+
 def cost_section(variants: dict[str, Any]) -> Section | None:
     base_name, base_acc = None, None
     for name, v in variants.items():
@@ -126,14 +137,14 @@ def cost_section(variants: dict[str, Any]) -> Section | None:
     rows = []
     for name, v in variants.items():
         acc = as_number(as_dict(v.get("utility")).get("final_accuracy"))
-        best, best_id = None, ""
+        best, best_id, best_m = None, "", {}
         for attack_id, a in as_dict(v.get("attacks")).items():
             a = as_dict(a)
             if a.get("family") != "membership":
                 continue
             auc = as_number(as_dict(a.get("metrics")).get("auc"))
             if auc is not None and (best is None or abs(auc - 0.5) > abs(best - 0.5)):
-                best, best_id = auc, attack_id
+                best, best_id, best_m = auc, attack_id, as_dict(a.get("metrics"))
         if best is None:
             continue
         cost = "—" if base_acc is None or acc is None else f"{base_acc - acc:+.3f}"
@@ -143,8 +154,10 @@ def cost_section(variants: dict[str, Any]) -> Section | None:
                 _fmt(acc),
                 escape(cost),
                 _claim(v.get("privacy")),
-                escape(f"{best:.3f} ({best_id})"),
+                escape(f"{_with_ci(best_m, 'auc')} ({best_id})"),
                 _fmt(abs(best - 0.5)),
+                escape(_with_ci(best_m, "tpr_at_1pct_fpr")),
+                escape({True: "yes", False: "no"}.get(best_m.get("leak_detected"), "—")),
             ]
         )
     if not rows:
@@ -156,8 +169,10 @@ def cost_section(variants: dict[str, Any]) -> Section | None:
             "accuracy",
             "accuracy cost",
             "claimed ε",
-            "strongest membership attack (AUC)",
+            "strongest membership attack (AUC, 95% CI)",
             "|AUC − 0.5|",
+            "its TPR at 1% FPR (chance 0.01)",
+            "leak detected (CI excludes chance)",
         ],
         rows,
     )
