@@ -128,6 +128,11 @@ datasets.register(
     "privlab.data_next_word:load_next_word",
     "synthetic per-user phone typing from a grammar (user vocabularies, styles, PIN canaries)",
 )
+datasets.register(
+    "traffic_signs",
+    "privlab.data_traffic_signs:load_traffic_signs",
+    "synthetic 32x32 RGB sign images per vehicle; each vehicle's region skews mix and conditions",
+)
 models.register(
     "next_word",
     "privlab.models_text:build_next_word",
