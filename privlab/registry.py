@@ -274,6 +274,11 @@ attacks.register(
     "split: server trains an inverse model on auxiliary data to rebuild inputs (He et al. 2019)",
 )
 attacks.register(
+    "route_inference",
+    "privlab.attacks.property_inference:RouteInferenceAttack",
+    "split server infers a vehicle's region from its cut-layer activations (Ganju et al. 2018)",
+)
+attacks.register(
     "unsplit",
     "privlab.attacks.split_learning:UnSplitAttack",
     "split: server inverts activations without bottom weights, UnSplit (Erdogan et al. 2022)",
