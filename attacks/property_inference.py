@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -50,13 +51,15 @@ def _client_id(party: str) -> int:
     return int(party.removeprefix("client"))
 
 
-def set_summary(z: torch.Tensor) -> np.ndarray:
-    """Permutation-invariant summary of a set of activations: mean and std over records of
+def set_summary(z: torch.Tensor, with_std: bool = True) -> np.ndarray:
+    """Permutation-invariant summary of a set of activations: mean (and std) over records of
     each channel pooled to 4x4 (images) or of each feature (flat activations)."""
     z = z.detach().double()
     if z.dim() == 4:
         z = F.adaptive_avg_pool2d(z, 4)
     flat = z.reshape(len(z), -1)
+    if not with_std:
+        return flat.mean(0).numpy()
     return torch.cat([flat.mean(0), flat.std(0, unbiased=False)]).numpy()
 
 
@@ -106,6 +109,9 @@ class RouteInferenceParams(BaseModel):
     """Shadow vehicles simulated per region from the server's auxiliary images."""
     C: float = Field(default=1.0, gt=0)
     """Inverse L2 strength of the logistic-regression meta-classifier."""
+    statistics: Literal["mean_std", "mean"] = "mean_std"
+    """Set summary: per-feature mean and std, or the mean only (zero-mean activation noise
+    leaves the mean unbiased but inflates the std the shadow vehicles never saw)."""
 
 
 class RouteInferenceAttack(Attack):
@@ -178,14 +184,15 @@ class RouteInferenceAttack(Attack):
         y_meta = np.array(shadow_region)
         bottom, _, _ = cut_model(view.model_factory(), split_params(view.recipe))
         predicted: dict[int, int] = {}
+        std = self.params.statistics == "mean_std"
         for k, z in sorted(targets.items()):
             state = self.bottoms[k][1]
             bottom.load_state_dict({n: v for n, v in state.items() if n in bottom.state_dict()})
             with torch.no_grad():
-                feats = np.stack([set_summary(bottom(x)) for x in shadow_x])
+                feats = np.stack([set_summary(bottom(x), std) for x in shadow_x])
             meta = make_pipeline(
                 StandardScaler(), LogisticRegression(C=self.params.C, max_iter=1000)
             )
             meta.fit(feats, y_meta)
-            predicted[k] = int(meta.predict(set_summary(z)[None])[0])
+            predicted[k] = int(meta.predict(set_summary(z, std)[None])[0])
         return RoutePredictions(predicted, dict(view.recipe.data.params), view.recipe.seed)
