@@ -106,8 +106,10 @@ class TargetedProbe:
 
 @dataclass
 class AttackResult:
-    metrics: dict[str, float | int]
+    metrics: dict[str, Any]
     artifacts: dict[str, Any] = field(default_factory=dict)
+    ci_methods: dict[str, str] = field(default_factory=dict)
+    """How each metric's `<m>_ci` was computed ({"psnr": "percentile bootstrap ..."})."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,11 @@ class Attack:
         round, which only an omniscient (colluding-with-everyone) adversary may read: an attack
         that uses it must declare so in its threat model's knowledge."""
         return malicious
+
+    def aggregation_weights(self, round_: int, weights: dict[int, float]) -> None:
+        """Called before `craft_updates` with the FedAvg weight (sample count) of every client
+        whose update enters this round's aggregate; an attack that uses other clients'
+        weights must declare so in its threat model's knowledge."""
 
     def begin_round(self, round_: int) -> None:
         """Called at the start of each training round, before local training (an attacker

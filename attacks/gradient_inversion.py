@@ -10,7 +10,8 @@ Attacks (all honest-but-curious: they only read messages; adversary "server" or 
   record is the one whose last-layer bias gradient is negative (softmax + cross-entropy give
   p - y); then DLG with that label fixed.
 - Inverting Gradients, Geiping et al. 2020 (NeurIPS): cosine distance between gradients plus
-  total variation of the image, Adam on signed gradients, boxed to the data range, restarts;
+  total variation of the image, Adam on signed gradients, boxed to the data range (taken from
+  the adversary's population data, never from the victims' records), restarts;
   labels extracted as in iDLG. Their multi-step FedAvg setting is handled by simulating the
   client's local steps inside the objective (the "fedavg" target below).
 - Analytic recovery of a fully connected layer's input (Phong et al. 2017; Geiping et al.
@@ -27,7 +28,9 @@ What they attack, exactly as observed on the wire:
 - if a client colludes and hands the server the secret key, individual updates decrypt again.
 
 The attack returns reconstructions; the referee (runner) grades them against the true records
-of the clients each attempt names (PSNR, SSIM, MSE after Hungarian matching; label accuracy).
+of the clients each attempt names (PSNR, SSIM, MSE after Hungarian matching; label accuracy),
+each beside its know-nothing baseline: the population mean image (and majority class) graded
+the same way, `m_baseline`, with `m_gain` and bootstrap CIs over the reconstructed records.
 Qualitative results reproduced in tests: iDLG labels are right at batch 1; DLG / Inverting
 Gradients reach >= 30 dB PSNR on an undefended 8x8-digits MLP update; the aggregate of many
 clients and strong pruning or noise push PSNR down.
@@ -55,6 +58,8 @@ from privlab.attacks.base import (
     RefereeTruth,
     ThreatModel,
 )
+from privlab.errors import PrivlabError
+from privlab.image_metrics import prior_guess
 from privlab.training import seeded_generator
 from privlab.wire import Message
 
@@ -83,16 +88,20 @@ class Reconstructions(RefereeGraded):
     attempts: list[Reconstruction]
     metrics: dict[str, float | int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    prior: tuple[np.ndarray, int] | None = None
+    """The adversary's data-free guess (population mean record, majority class), graded like
+    every attempt: the metrics' know-nothing baselines."""
+    seed: int = 0
 
     def grade(self, truth: RefereeTruth) -> AttackResult:
         from privlab.image_metrics import grade_reconstructions
 
         records = truth.log.get("client_records", {})
-        metrics, artifacts = grade_reconstructions(
-            self.attempts, truth.x_train, truth.y_train, records
+        metrics, artifacts, methods = grade_reconstructions(
+            self.attempts, truth.x_train, truth.y_train, records, prior=self.prior, seed=self.seed
         )
         artifacts["notes"] = list(self.notes)
-        return AttackResult({**metrics, **self.metrics}, artifacts)
+        return AttackResult({**metrics, **self.metrics}, artifacts, methods)
 
 
 # --------------------------------------------------------------------------- the problem
@@ -403,7 +412,12 @@ class GradientInversion(Attack):
     def threat_model(self) -> ThreatModel:
         return ThreatModel(
             adversary=self.params.adversary,
-            knowledge=("architecture", "training recipe", "client_num_samples"),
+            knowledge=(
+                "architecture",
+                "training recipe",
+                "client_num_samples",
+                "population data (box bounds of the inputs and the mean-record baseline)",
+            ),
         )
 
     def observe(self, msg: Message) -> None:
@@ -442,14 +456,19 @@ class GradientInversion(Attack):
         sizes = view.side_information.get("client_num_samples", {})
         model = view.model_factory()
         probe = next(iter(self._globals.values()), None)
-        input_shape = tuple(view.challenge.x.shape[1:]) if view.challenge is not None else ()
+        if view.population is None:
+            raise PrivlabError(f"{self.field}: needs the population data (its input range)")
+        pop_x = view.population.x
+        input_shape = tuple(pop_x.shape[1:])
         num_classes = int(list(model.parameters())[-1].shape[0])
-        result = Reconstructions([])
+        result = Reconstructions([], prior=prior_guess(pop_x, view.population.y))
+        result.seed = view.recipe.seed
         if probe is None:
             result.notes.append("no global model observed in the attacked rounds")
             return result
-        x_all = view.challenge.x if view.challenge is not None else np.zeros((1, 1))
-        bounds = (float(np.min(x_all)), float(np.max(x_all)))
+        # The box comes from what the adversary holds (population records of the same
+        # distribution), never from the victims' own records.
+        bounds = (float(np.min(pop_x)), float(np.max(pop_x)))
         attempt_no = 0
         for r in self.params.rounds:
             if r not in self._globals:

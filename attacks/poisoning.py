@@ -15,9 +15,12 @@ Model poisoning (the update is replaced after local training):
 - sign flipping (-s * u) and Gaussian noise (Blanchard et al. 2017's omniscient/Gaussian
   Byzantine workers; the noise norm matches the honest update unless set);
 - scaling / model replacement (Bagdasaryan et al. 2020, "How To Backdoor Federated Learning"):
-  the backdoored update boosted by gamma = n / (eta * m) replaces the global model;
-- A Little Is Enough (Baruch et al. 2019): mean - z * std, z from the number of clients;
-- inner-product manipulation (Xie et al. 2019, "Fall of Empires"): -epsilon * mean;
+  the backdoored update boosted by gamma = W / (eta * w_m) (W: the round's total FedAvg
+  weight, w_m: the attackers'; n / (eta * m) with equal weights) replaces the global model;
+- A Little Is Enough (Baruch et al. 2019): mean - z * std, z from the number of clients by the
+  paper's formula or the reference implementations' (`alie_z`);
+- inner-product manipulation (Xie et al. 2019, "Fall of Empires"): -epsilon * the mean of the
+  benign updates (the honest clients' only, when omniscient);
 - min-max and min-sum (Shejwalkar & Houmansadr 2021, "Manipulating the Byzantine"): mean +
   gamma * perturbation, with the largest gamma whose distances stay within the honest ones.
 Qualitative results reproduced in tests/test_poisoning.py: sign flipping collapses FedAvg while
@@ -60,12 +63,29 @@ def unflatten(vector: torch.Tensor, template: Update) -> Update:
 # --------------------------------------------------------------------------- crafting (pure)
 
 
-def alie_z(n: int, m: int) -> float:
-    """Baruch et al.'s z_max: s = floor(n/2 + 1) - m supporters needed; z = Phi^-1((n-s)/n)."""
+def alie_z(n: int, m: int, formula: Literal["paper", "reference"] = "paper") -> float:
+    """ALIE's z_max for n participants of which m are malicious; s = floor(n/2 + 1) - m is the
+    number of benign "supporters" the attackers need for a majority.
+
+    - "paper" (Baruch et al. 2019, Sec. 3 / Alg. 1): z = Phi^-1((n - s) / n);
+    - "reference": z = Phi^-1((n - m - s) / (n - m)), the quantile among the n - m benign
+      updates, as the common reference implementations compute it (e.g. Karimireddy, He and
+      Jaggi's byzantine-robust-optimizer, and the code that copies it). It is smaller: a
+      stealthier, weaker update.
+    The probability is clamped into (1e-6, 1 - 1e-6) so z stays finite.
+    """
     s = math.floor(n / 2 + 1) - m
-    p = (n - s) / n
+    p = (n - s) / n if formula == "paper" else (n - m - s) / max(n - m, 1)
     p = min(max(p, 1e-6), 1 - 1e-6)
     return NormalDist().inv_cdf(p)
+
+
+def replacement_boost(total_weight: float, attacker_weight: float, server_lr: float) -> float:
+    """Model replacement's boost under sample-weighted FedAvg (Bagdasaryan et al. 2020, Eq. 3
+    with weights): G' = G + eta * sum_i (w_i / W) * U_i, so attackers holding weight w_m who
+    each send gamma * (X - G) move G to X (benign updates near zero) when
+    gamma = W / (eta * w_m). With equal weights this is the paper's n / (eta * m)."""
+    return total_weight / (server_lr * attacker_weight)
 
 
 def alie(reference: torch.Tensor, z: float) -> torch.Tensor:
@@ -187,7 +207,10 @@ class CollusionParams(PoisoningParams):
 class ALIEParams(CollusionParams):
     omniscient: bool = False
     z: float | None = None
-    """Standard deviations below the mean (None: Baruch et al.'s z_max from n and m)."""
+    """Standard deviations below the mean (None: z_max from n and m, see `z_formula`)."""
+    z_formula: Literal["paper", "reference"] = "paper"
+    """paper: Baruch et al.'s Phi^-1((n - s) / n); reference: the reference implementations'
+    Phi^-1((n - m - s) / (n - m)) (see `alie_z`)."""
 
 
 class IPMParams(CollusionParams):
@@ -390,14 +413,47 @@ class ModelReplacementAttack(BackdoorAttack):
     the global model."""
 
     Params = ReplacementParams
-    knowledge: ClassVar[tuple[str, ...]] = ("own_updates", "num_participants", "server_lr")
+    knowledge: ClassVar[tuple[str, ...]] = (
+        "own_updates",
+        "server_lr",
+        "participants' sample counts (FedAvg weights)",
+    )
+
+    def __init__(self, spec: Any, field: str) -> None:
+        super().__init__(spec, field)
+        self._weights: dict[int, dict[int, float]] = {}
+        self.boosts: list[float] = []
+
+    def aggregation_weights(self, round_: int, weights: dict[int, float]) -> None:
+        self._weights[round_] = dict(weights)
+
+    def gamma(self, round_: int, k: int, malicious: dict[int, Update], n: int) -> float:
+        """The boost for attacker k: `replacement_boost` with this round's FedAvg weights
+        (equal weights if the topology does not publish them)."""
+        if self.params.boost is not None:
+            return float(self.params.boost)
+        w = self._weights.get(round_)
+        ids = list(malicious) if self.params.colluding else [k]
+        if w is None or not all(j in w for j in ids):
+            return n / (self.server_lr * len(ids))
+        return replacement_boost(sum(w.values()), sum(w[j] for j in ids), self.server_lr)
 
     def craft(
         self, round_: int, malicious: dict[int, Update], benign: dict[int, Update]
     ) -> dict[int, Update]:
-        n, m = len(malicious) + len(benign), len(malicious)
-        gamma = self.params.boost or n / (self.server_lr * (m if self.params.colluding else 1))
-        return {k: {key: gamma * v for key, v in u.items()} for k, u in malicious.items()}
+        n = len(malicious) + len(benign)
+        out = {}
+        for k, u in malicious.items():
+            g = self.gamma(round_, k, malicious, n)
+            self.boosts.append(g)
+            out[k] = {key: g * v for key, v in u.items()}
+        return out
+
+    def finalize(self, view: FinalView) -> AttackResult:
+        result = super().finalize(view)
+        if self.boosts:
+            result.metrics["boost_mean"] = float(np.mean(self.boosts))
+        return result
 
 
 class SignFlipAttack(PoisoningAttack):
@@ -464,9 +520,15 @@ class CollusionAttack(PoisoningAttack):
     def reference(
         self, k: int, malicious: dict[int, Update], benign: dict[int, Update]
     ) -> torch.Tensor:
-        own = list(malicious.values()) if self.params.colluding else [malicious[k]]
-        extra = list(benign.values()) if self.params.omniscient else []
-        return torch.stack([flatten(u) for u in own + extra])
+        """The benign updates the statistics are taken over: with `omniscient`, the honest
+        clients' updates of the round only (never the attackers' own); otherwise the
+        attackers' own honest updates (all colluders', or client k's), computed on their clean
+        data, as an estimate of the benign distribution (Baruch et al.'s setting)."""
+        if self.params.omniscient and benign:
+            updates = list(benign.values())
+        else:
+            updates = list(malicious.values()) if self.params.colluding else [malicious[k]]
+        return torch.stack([flatten(u) for u in updates])
 
     def vector(self, reference: torch.Tensor, n: int, m: int) -> torch.Tensor:
         raise NotImplementedError
@@ -491,8 +553,15 @@ class ALIEAttack(CollusionAttack):
     knowledge: ClassVar[tuple[str, ...]] = ("own_updates", "num_participants")
 
     def vector(self, reference: torch.Tensor, n: int, m: int) -> torch.Tensor:
-        z = self.params.z if self.params.z is not None else alie_z(n, m)
+        z = self.params.z if self.params.z is not None else alie_z(n, m, self.params.z_formula)
+        self.z_used = z
         return alie(reference, z)
+
+    def finalize(self, view: FinalView) -> AttackResult:
+        result = super().finalize(view)
+        if hasattr(self, "z_used"):
+            result.metrics["z"] = float(self.z_used)
+        return result
 
 
 class IPMAttack(CollusionAttack):

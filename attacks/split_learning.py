@@ -1,222 +1,47 @@
-"""Attacks at the cut layer of split learning.
-
-Label leakage (Li et al. 2022, "Label Leakage and Protection in Two-party Split Learning",
-ICLR): the party without labels receives, per example, the gradient of the loss with respect to
-its outputs. With cross-entropy that gradient is (p - onehot(y)) pulled back through the label
-party's layers, so
-- `norm`: examples of the minority class, on which the model is less confident, get larger
-  gradient norms; the norm is the score;
-- `cosine`: gradients of the two classes point in opposite directions; the score is the cosine
-  similarity to a reference gradient (the paper uses a known positive; here the largest-norm
-  example, with the sign chosen so that the smaller of the two clusters is the positive one).
-Setting: U-shaped split learning (labels on the client); the server is the adversary observing
-the gradients its outputs receive. Graded by the referee as AUC for "minority class", the
-paper's "leak AUC", averaged over batches. Qualitative result reproduced: near-perfect AUC
-without defense; the max-norm gradient perturbation lowers the norm attack's AUC.
+"""Input reconstruction at the cut layer of split learning (label leakage: split_label_leakage).
 
 Activation inversion by an inverse model (He et al. 2019, "Model inversion attacks against
 collaborative inference", ACSAC): the server holds auxiliary records of the same distribution
 (here: the population data no client trains on) and the bottom weights (relayed through it when
 `handoff = "server"`); it trains a decoder from activations back to inputs and applies it to
-the activations clients sent. Graded as MSE (and PSNR for images) against the true inputs.
-Qualitative result reproduced: inversion is far better than the know-nothing baseline without
-defense; NoPeek and activation noise make it worse.
+the activations clients sent. Graded as MSE (and PSNR, SSIM for images) against the true
+inputs, each beside the score of the population mean record (the know-nothing baseline).
+Qualitative result reproduced: inversion is far better than that baseline without defense;
+NoPeek and activation noise make it worse.
+
+UnSplit (Erdogan et al. 2022) needs no bottom weights: its surrogate starts from the server's
+own random initialisation (`adversary_rng`), never from the clients' seeded initial weights.
+FSHA (Pasquini et al. 2021) is an active server that hijacks the bottom model's feature space.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from privlab.attacks.base import (
-    Attack,
-    AttackResult,
-    FinalView,
-    RefereeGraded,
-    RefereeTruth,
-    ThreatModel,
+from privlab.attacks.base import Attack, FinalView, ThreatModel
+from privlab.attacks.split_common import (
+    BatchKey,
+    Reconstructions,
+    adversary_rng,
+    adversary_seed,
+    population_prior,
+)
+from privlab.attacks.split_common import client_id as _client_id
+from privlab.attacks.split_label_leakage import (  # noqa: F401  (registry path)
+    LabelLeakageAttack,
+    cosine_scores,
+    norm_scores,
 )
 from privlab.errors import PrivlabError, ScenarioError
 from privlab.wire import SERVER, Message
 
-BatchKey = tuple[int, int, int]
-
-
-def _client_id(party: str) -> int:
-    return int(party.removeprefix("client"))
-
-
-def norm_scores(grad: np.ndarray) -> np.ndarray:
-    """Li et al.'s norm attack: per-example gradient norm."""
-    return np.linalg.norm(grad.reshape(len(grad), -1), axis=1)
-
-
-def cosine_scores(grad: np.ndarray) -> np.ndarray:
-    """Li et al.'s direction attack without a known positive: cosine to a reference gradient
-    (the largest-norm example) splits the batch into two opposite clusters; the smaller cluster
-    is taken as the minority (positive) class, so the score is flipped if the reference's
-    cluster is the larger one."""
-    flat = grad.reshape(len(grad), -1).astype(np.float64)
-    norms = np.linalg.norm(flat, axis=1)
-    ref = flat[int(np.argmax(norms))]
-    cos = flat @ ref / np.maximum(norms * np.linalg.norm(ref), 1e-12)
-    same = int((cos > 0).sum())
-    return cos if same <= len(cos) - same else -cos
-
-
-# --------------------------------------------------------------------------- label leakage
-
-
-@dataclass
-class LabelScores(RefereeGraded):
-    """Per-batch scores (higher = minority class), graded as the paper's leak AUC."""
-
-    scores: dict[BatchKey, np.ndarray]
-
-    def grade(self, truth: RefereeTruth) -> AttackResult:
-        batches = truth.log.get("split_batches", {})
-        keys = [k for k in self.scores if k in batches]
-        if not keys:
-            raise PrivlabError("label leakage: no observed batch matches the referee's log")
-        labels = {k: truth.y_train[batches[k]] for k in keys}
-        seen = np.concatenate(list(labels.values()))
-        classes, counts = np.unique(seen, return_counts=True)
-        positive = int(classes[np.argmin(counts)])
-        per_batch = []
-        for k in keys:
-            y = labels[k] == positive
-            if y.any() and not y.all():
-                per_batch.append(roc_auc_score(y, self.scores[k]))
-        pooled_y = np.concatenate([labels[k] == positive for k in keys])
-        pooled_s = np.concatenate([self.scores[k] for k in keys])
-        return AttackResult(
-            {
-                "auc": float(np.mean(per_batch)) if per_batch else float("nan"),
-                "pooled_auc": float(roc_auc_score(pooled_y, pooled_s)),
-                "positive_class": positive,
-                "n_batches": len(per_batch),
-                "n_examples": len(pooled_y),
-            }
-        )
-
-
-class LabelLeakageParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    method: Literal["norm", "cosine"] = "norm"
-    party: str = Field(default=SERVER, pattern=r"^(server|client\d+)$")
-    """The party that receives cut-layer gradients without holding the labels."""
-    min_round: int = Field(default=1, ge=1)
-    max_round: int | None = Field(default=None, ge=1)
-    """Only use gradients of rounds min_round..max_round (None: to the end)."""
-
-
-class LabelLeakageAttack(Attack):
-    """Label leakage from cut-layer gradients, norm or cosine attack (Li et al. 2022)."""
-
-    family = "label_leakage"
-    Params = LabelLeakageParams
-    topologies = frozenset({"split"})
-
-    def __init__(self, spec, field) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(spec, field)
-        self.scores: dict[BatchKey, np.ndarray] = {}
-        self._count: dict[tuple[int, str], int] = defaultdict(int)
-
-    def threat_model(self) -> ThreatModel:
-        knowledge = (
-            ("the minority class gets the larger gradients",)
-            if self.params.method == "norm"
-            else ("the positive class is the minority within a batch",)
-        )
-        return ThreatModel(adversary="cut_layer", party=self.params.party, knowledge=knowledge)
-
-    def check_setting(self, scenario, input_shape, num_classes) -> None:  # type: ignore[no-untyped-def]
-        from privlab.topologies.split import split_params
-
-        p = self.params
-        if scenario.topology.name == "split":
-            mode = split_params(scenario).mode
-            if mode == "vanilla" and p.party == SERVER:
-                raise ScenarioError(
-                    f"{self.field}.params.party: in vanilla split learning the server already "
-                    "receives the labels (nothing to infer); use topology.params.mode = "
-                    "'u_shaped' or a client as the party"
-                )
-        if p.party != SERVER and _client_id(p.party) >= scenario.partition.num_clients:
-            raise ScenarioError(
-                f"{self.field}.params.party: '{p.party}' does not exist "
-                f"({scenario.partition.num_clients} clients)"
-            )
-
-    def observe(self, msg: Message) -> None:
-        if msg.kind != "gradients" or msg.receiver != self.params.party:
-            return
-        other = msg.sender
-        n = self._count[(msg.round, other)]
-        self._count[(msg.round, other)] += 1
-        p = self.params
-        if msg.round < p.min_round or (p.max_round is not None and msg.round > p.max_round):
-            return
-        if not other.startswith("client"):  # a client receiving from the server
-            other = self.params.party
-        grad = msg.payload.detach().double().numpy()
-        score = norm_scores(grad) if self.params.method == "norm" else cosine_scores(grad)
-        self.scores[(msg.round, _client_id(other), n)] = score
-
-    def finalize(self, view: FinalView) -> LabelScores:
-        if not self.scores:
-            raise PrivlabError(
-                f"{self.field}: party '{self.params.party}' received no cut-layer gradients "
-                "(in vanilla split learning the server already holds the labels: use "
-                "topology.params.mode = 'u_shaped', or a client as the party)"
-            )
-        return LabelScores(self.scores)
-
-
 # --------------------------------------------------------------------------- inversion
-
-
-@dataclass
-class Reconstructions(RefereeGraded):
-    """Reconstructed inputs per observed batch, graded against the true inputs."""
-
-    x_hat: dict[BatchKey, np.ndarray]
-    image: bool
-
-    def grade(self, truth: RefereeTruth) -> AttackResult:
-        batches = truth.log.get("split_batches", {})
-        keys = [k for k in self.x_hat if k in batches]
-        if not keys:
-            raise PrivlabError("inversion: no observed batch matches the referee's log")
-        x_true = np.concatenate([truth.x_train[batches[k]] for k in keys]).astype(np.float64)
-        x_hat = np.concatenate([self.x_hat[k] for k in keys]).astype(np.float64)
-        x_hat = x_hat.reshape(x_true.shape)
-        mse = float(np.mean((x_hat - x_true) ** 2))
-        baseline = float(np.mean((x_true - truth.x_train.mean(axis=0)) ** 2))
-        metrics: dict[str, float | int] = {
-            "mse": mse,
-            "mse_baseline": baseline,
-            "mse_ratio": mse / baseline if baseline > 0 else float("nan"),
-            "n_examples": len(x_true),
-        }
-        artifacts = {}
-        if self.image:
-            from privlab.image_metrics import psnr
-
-            clipped = np.clip(x_hat, 0.0, 1.0)
-            metrics["psnr"] = float(np.mean(psnr(clipped, x_true)))
-            artifacts["examples"] = {
-                "true": np.round(x_true[:8], 3).tolist(),
-                "reconstructed": np.round(clipped[:8], 3).tolist(),
-            }
-        return AttackResult(metrics, artifacts)
 
 
 class InversionParams(BaseModel):
@@ -278,7 +103,8 @@ class ActivationInversionAttack(Attack):
         x_aux = torch.as_tensor(view.population.x)
         with torch.no_grad():
             z_aux = bottom(x_aux)
-        decoder = train_decoder(z_aux, x_aux, self.params, seed=view.recipe.seed)
+        with adversary_rng(view.recipe.seed, "inverse_model"):
+            decoder = train_decoder(z_aux, x_aux, self.params)
         out: dict[BatchKey, np.ndarray] = {}
         total = 0
         with torch.no_grad():
@@ -288,12 +114,14 @@ class ActivationInversionAttack(Attack):
                 z = self.activations[key]
                 out[key] = decoder(z.reshape(len(z), -1)).reshape(len(z), *x_aux.shape[1:]).numpy()
                 total += len(z)
-        return Reconstructions(out, image=x_aux.dim() == 4)
+        return Reconstructions(
+            out, image=x_aux.dim() == 4, prior=population_prior(view), seed=view.recipe.seed
+        )
 
 
-def train_decoder(z: torch.Tensor, x: torch.Tensor, p: InversionParams, seed: int) -> nn.Module:
-    """An MLP decoder z -> x trained with MSE on auxiliary pairs (full batch, Adam)."""
-    torch.manual_seed(seed)
+def train_decoder(z: torch.Tensor, x: torch.Tensor, p: InversionParams) -> nn.Module:
+    """An MLP decoder z -> x trained with MSE on auxiliary pairs (full batch, Adam), initialised
+    from the global torch RNG (callers wrap it in `adversary_rng`)."""
     zf, xf = z.reshape(len(z), -1), x.reshape(len(x), -1)
     decoder = nn.Sequential(
         nn.Linear(zf.shape[1], p.hidden), nn.ReLU(), nn.Linear(p.hidden, xf.shape[1])
@@ -390,18 +218,16 @@ class UnSplitAttack(Attack):
             self.activations[(msg.round, _client_id(msg.sender), n)] = msg.payload.detach()
 
     def finalize(self, view: FinalView) -> Reconstructions:
-        from privlab.topologies.split import cut_model, split_params
 
         if not self.activations:
             raise PrivlabError(f"{self.field}: the server saw no activations")
         last = max(key[0] for key in self.activations)
         targets = sorted(key for key in self.activations if key[0] == last)
-        torch.manual_seed(view.recipe.seed)
-        surrogate, _, _ = cut_model(view.model_factory(), split_params(view.recipe))
-        x_shape = tuple(view.population.x.shape[1:]) if view.population is not None else ()
-        if not x_shape:
-            x_shape = tuple(view.challenge.x.shape[1:]) if view.challenge is not None else ()
-        gen = torch.Generator().manual_seed(view.recipe.seed)
+        if view.population is None:
+            raise PrivlabError(f"{self.field}: needs the input shape (population data)")
+        surrogate = unsplit_surrogate(view)
+        x_shape = tuple(view.population.x.shape[1:])
+        gen = torch.Generator().manual_seed(adversary_seed(view.recipe.seed, "unsplit_inputs"))
         out: dict[BatchKey, np.ndarray] = {}
         total = 0
         for key in targets:
@@ -410,7 +236,20 @@ class UnSplitAttack(Attack):
             z = self.activations[key]
             out[key] = unsplit_invert(z, surrogate, x_shape, self.params, gen).numpy()
             total += len(z)
-        return Reconstructions(out, image=len(x_shape) == 3)
+        return Reconstructions(
+            out, image=len(x_shape) == 3, prior=population_prior(view), seed=view.recipe.seed
+        )
+
+
+def unsplit_surrogate(view: FinalView) -> nn.Sequential:
+    """UnSplit's surrogate bottom model: the public architecture with the adversary's own
+    random initialisation. The clients' initial weights come from the scenario seed, which the
+    server does not hold, so the surrogate never starts from them."""
+    from privlab.topologies.split import cut_model, split_params
+
+    with adversary_rng(view.recipe.seed, "unsplit_surrogate"):
+        surrogate, _, _ = cut_model(view.model_factory(), split_params(view.recipe))
+    return surrogate
 
 
 # --------------------------------------------------------------------------- FSHA
@@ -480,21 +319,21 @@ class FeatureSpaceHijackingAttack(Attack):
 
     def split_server_setup(self, bottom: nn.Module, aux_x: torch.Tensor, seed: int) -> None:
         """Called by the split topology before training: build pilot, decoder, discriminator."""
-        torch.manual_seed(seed + 1)  # the server's own pilot: same architecture, fresh weights
-        for module in bottom.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
         p = self.params
         self.aux = aux_x
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(adversary_seed(seed, "fsha_batches"))
         self.pilot = bottom
-        with torch.no_grad():
-            z_dim = bottom(aux_x[:2]).reshape(2, -1).shape[1]
-        x_dim = aux_x[0].numel()
-        self.decoder = nn.Sequential(
-            nn.Linear(z_dim, p.hidden), nn.ReLU(), nn.Linear(p.hidden, x_dim)
-        )
-        self.disc = nn.Sequential(nn.Linear(z_dim, p.hidden), nn.ReLU(), nn.Linear(p.hidden, 1))
+        with adversary_rng(seed, "fsha_models"):  # the server's own pilot: fresh weights
+            for module in bottom.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            with torch.no_grad():
+                z_dim = bottom(aux_x[:2]).reshape(2, -1).shape[1]
+            x_dim = aux_x[0].numel()
+            self.decoder = nn.Sequential(
+                nn.Linear(z_dim, p.hidden), nn.ReLU(), nn.Linear(p.hidden, x_dim)
+            )
+            self.disc = nn.Sequential(nn.Linear(z_dim, p.hidden), nn.ReLU(), nn.Linear(p.hidden, 1))
         self.opt_ae = torch.optim.Adam(
             [*self.pilot.parameters(), *self.decoder.parameters()], lr=p.lr
         )
@@ -557,4 +396,6 @@ class FeatureSpaceHijackingAttack(Attack):
                 out[key] = self.decoder(z.reshape(len(z), -1)).reshape(len(z), *self.aux.shape[1:])
                 out[key] = out[key].numpy()
                 total += len(z)
-        return Reconstructions(out, image=self.aux.dim() == 4)
+        return Reconstructions(
+            out, image=self.aux.dim() == 4, prior=population_prior(view), seed=view.recipe.seed
+        )

@@ -1,10 +1,18 @@
-"""DP-SGD (Abadi et al. 2016) inside each party's local training, through Opacus.
+"""DP-SGD (Abadi et al. 2016) inside each party's local training.
 
-Opacus computes per-sample gradients (GradSampleModule), clips and noises them (DPOptimizer) and
-accounts for privacy (its RDP, PRV or GDP accountant, stepped by the optimiser's own hook).
-Batches are Poisson-sampled with rate q = 1 / ceil(n / batch_size), as Opacus' DPDataLoader does,
-so the accountant's subsampling assumption holds. Epsilon is per party (record-level DP for that
-party's data); a federated run reports the worst party.
+Batches are Poisson-sampled with rate q = 1 / k, k = ceil(n / batch_size) batches per epoch, as
+Opacus' DPDataLoader does, so the accountant's subsampling assumption holds; E epochs are exactly
+E * k steps, and a target epsilon is calibrated on those steps (defenses/dp_calibration.py,
+cached on disk). Two implementations of the same step:
+
+- the fast path (defenses/dp_fast.py: book-keeping clipping, Bu et al. 2023) for models made of
+  Linear layers and element-wise activations: no per-sample gradients are materialised;
+- Opacus (GradSampleModule + DPOptimizer), the reference implementation, for every other model
+  (or `path = "opacus"`).
+
+Both step an Opacus accountant (RDP, PRV or GDP) once per step with (noise, q), so the
+accounting is the same whichever path ran; `privacy.path` says which. Epsilon is per party
+(record-level DP for that party's data); a federated run reports the worst party.
 """
 
 from __future__ import annotations
@@ -13,14 +21,12 @@ import functools
 from typing import Any, Literal
 
 import torch
-from opacus import GradSampleModule
-from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
-from opacus.optimizers import DPOptimizer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
+from privlab.defenses import dp_fast
 from privlab.defenses.base import LocalTrainingDefense
+from privlab.defenses.dp_calibration import calibrate_noise, steps_of
 from privlab.errors import ScenarioError
 from privlab.training import LocalTrainer, TrainSettings
 
@@ -35,6 +41,8 @@ class DPSGDParams(BaseModel):
     delta: float = Field(default=1e-5, gt=0, lt=1)
     accountant: Accountant = "prv"
     """prv (default) and rdp are upper bounds; gdp is an approximation that can undershoot."""
+    path: Literal["auto", "opacus"] = "auto"
+    """auto: the book-keeping fast path where the model allows, else Opacus; opacus: always."""
 
     @model_validator(mode="after")
     def _one_mode(self) -> DPSGDParams:
@@ -44,24 +52,34 @@ class DPSGDParams(BaseModel):
 
 
 class DPSGD(LocalTrainingDefense):
-    """DP-SGD via Opacus inside each party's local training."""
+    """DP-SGD inside each party's local training (fast path or Opacus)."""
 
     Params = DPSGDParams
+    FAST_TOPOLOGIES = frozenset({"federated", "central", "swarm"})
+    """Topologies whose trainers run their own cross-entropy steps (split learning drives the
+    bottom model's optimiser with the server's gradients, so it trains through Opacus)."""
 
-    def noise_for(self, sample_rate: float, planned_epochs: int) -> float:
+    def __init__(self, spec: Any, field: str) -> None:
+        super().__init__(spec, field)
+        self.topology: str | None = None
+
+    def check_setting(self, scenario: Any, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().check_setting(scenario, input_shape, num_classes)
+        self.topology = scenario.topology.name
+
+    def noise_for(self, sample_rate: float, steps: int) -> float:
+        """The noise multiplier: given, or calibrated on exactly `steps` steps at `sample_rate`."""
         p: DPSGDParams = self.params
         if p.noise_multiplier is not None:
             return p.noise_multiplier
         assert p.target_epsilon is not None
         try:
-            return calibrate_noise(
-                p.target_epsilon, p.delta, sample_rate, planned_epochs, p.accountant
-            )
+            return calibrate_noise(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
         except ValueError as exc:
             raise ScenarioError(
                 f"{self.field}.params.target_epsilon: {p.target_epsilon} cannot be reached "
-                f"with delta={p.delta}, sample rate {sample_rate:.3g} and {planned_epochs} "
-                f"epochs ({exc}); raise it or train for fewer epochs"
+                f"with delta={p.delta}, sample rate {sample_rate:.3g} and {steps} "
+                f"steps ({exc}); raise it or train for fewer epochs"
             ) from None
 
     def make_trainer(
@@ -74,25 +92,18 @@ class DPSGD(LocalTrainingDefense):
         *,
         planned_epochs: int,
     ) -> LocalTrainer:
-        rate = 1.0 / settings.steps_per_epoch(len(y))
-        noise = self.noise_for(rate, planned_epochs)
-        return DPSGDTrainer(model, x, y, settings, generator, params=self.params, noise=noise)
-
-
-@functools.lru_cache(maxsize=256)
-def calibrate_noise(
-    target_epsilon: float, delta: float, sample_rate: float, epochs: int, accountant: str
-) -> float:
-    """Opacus' noise search; cached because every party with the same sampling rate gets the
-    same answer and the PRV search takes seconds."""
-    return get_noise_multiplier(
-        target_epsilon=target_epsilon,
-        target_delta=delta,
-        sample_rate=sample_rate,
-        epochs=epochs,
-        accountant=accountant,
-        epsilon_tolerance=0.01,
-    )
+        per_epoch = settings.steps_per_epoch(len(y))
+        steps = steps_of(planned_epochs, per_epoch)
+        noise = self.noise_for(1.0 / per_epoch, steps)
+        fast = (
+            self.params.path == "auto"
+            and (self.topology is None or self.topology in self.FAST_TOPOLOGIES)
+            and dp_fast.supports(model)
+        )
+        cls = FastDPSGDTrainer if fast else DPSGDTrainer
+        trainer = cls(model, x, y, settings, generator, params=self.params, noise=noise)
+        trainer.planned_steps = steps
+        return trainer
 
 
 @functools.lru_cache(maxsize=1024)
@@ -100,13 +111,56 @@ def epsilon_of(
     history: tuple[tuple[float, float, int], ...], delta: float, accountant: str
 ) -> float:
     """Epsilon of an Opacus accountant history (cached: parties often share one history)."""
+    from opacus.accountants import create_accountant
+
     acc = create_accountant(accountant)
     acc.history = list(history)
     return float(acc.get_epsilon(delta=delta))
 
 
-class DPSGDTrainer(LocalTrainer):
-    """LocalTrainer whose steps are Opacus DP-SGD steps on Poisson-sampled batches."""
+class _Accounted:
+    """What both DP-SGD trainers share: the accountant and the privacy record."""
+
+    params: DPSGDParams
+    noise_multiplier: float
+    sample_rate: float
+    accountant: Any
+    path: str
+    planned_steps: int | None = None
+    num_samples: int
+    settings: TrainSettings
+    generator: torch.Generator
+
+    def _poisson_batches(self) -> list[torch.Tensor]:
+        """Poisson sampling: each record joins each batch independently with rate q."""
+        steps = self.settings.steps_per_epoch(self.num_samples)
+        mask = torch.rand(steps, self.num_samples, generator=self.generator) < self.sample_rate
+        return [row.nonzero().flatten() for row in mask]
+
+    def privacy(self) -> dict[str, Any]:
+        steps = sum(n for _, _, n in self.accountant.history)
+        history = tuple((float(s), float(q), int(n)) for s, q, n in self.accountant.history)
+        eps = epsilon_of(history, self.params.delta, self.params.accountant) if steps else 0.0
+        out = {
+            "epsilon": float(eps),
+            "delta": self.params.delta,
+            "accountant": self.params.accountant,
+            "approximate": self.params.accountant == "gdp",
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": steps,
+            "max_grad_norm": self.params.max_grad_norm,
+            "path": self.path,
+        }
+        if self.planned_steps is not None:
+            out["calibrated_steps"] = self.planned_steps
+        return out
+
+
+class FastDPSGDTrainer(_Accounted, LocalTrainer):
+    """DP-SGD steps by book-keeping clipping (dp_fast) and a torch.optim-free SGD update."""
+
+    path = "book-keeping"
 
     def __init__(
         self,
@@ -119,6 +173,64 @@ class DPSGDTrainer(LocalTrainer):
         params: DPSGDParams,
         noise: float,
     ) -> None:
+        from opacus.accountants import create_accountant
+
+        # LocalTrainer.__init__ is not called: it builds a torch.optim optimiser, whose first
+        # construction imports torch._dynamo; PlainSGD applies the same update.
+        self.model = model
+        self.x, self.y = x, y
+        self.settings = settings
+        self.generator = generator
+        self.params = params
+        self.noise_multiplier = noise
+        self.sample_rate = 1.0 / settings.steps_per_epoch(len(y))
+        self.expected_batch_size = max(1, round(self.sample_rate * len(y)))
+        self.optimizer = dp_fast.PlainSGD(
+            dp_fast.dp_parameters(model),  # type: ignore[arg-type]
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )
+        self.accountant = create_accountant(params.accountant)
+
+    def _batches(self) -> list[torch.Tensor]:
+        return self._poisson_batches()
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        grads, loss = dp_fast.dp_gradient(
+            self.model,
+            xb,
+            yb,
+            max_grad_norm=self.params.max_grad_norm,
+            noise_multiplier=self.noise_multiplier,
+            expected_batch_size=self.expected_batch_size,
+            generator=self.generator,
+        )
+        self.optimizer.step(grads)
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        return loss
+
+
+class DPSGDTrainer(_Accounted, LocalTrainer):
+    """The reference: Opacus DP-SGD steps (GradSampleModule + DPOptimizer) on Poisson batches."""
+
+    path = "opacus"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        settings: TrainSettings,
+        generator: torch.Generator,
+        *,
+        params: DPSGDParams,
+        noise: float,
+    ) -> None:
+        from opacus import GradSampleModule
+        from opacus.accountants import create_accountant
+        from opacus.optimizers import DPOptimizer
+
         self.grad_sample_module = GradSampleModule(model)
         super().__init__(model, x, y, settings, generator)
         self.params = params
@@ -137,10 +249,7 @@ class DPSGDTrainer(LocalTrainer):
         )
 
     def _batches(self) -> list[torch.Tensor]:
-        """Poisson sampling: each record joins each batch independently with rate q."""
-        steps = self.settings.steps_per_epoch(self.num_samples)
-        mask = torch.rand(steps, self.num_samples, generator=self.generator) < self.sample_rate
-        return [row.nonzero().flatten() for row in mask]
+        return self._poisson_batches()
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -153,18 +262,3 @@ class DPSGDTrainer(LocalTrainer):
         loss.backward()
         self.optimizer.step()
         return loss.item()
-
-    def privacy(self) -> dict[str, Any]:
-        steps = sum(n for _, _, n in self.accountant.history)
-        history = tuple((float(s), float(q), int(n)) for s, q, n in self.accountant.history)
-        eps = epsilon_of(history, self.params.delta, self.params.accountant) if steps else 0.0
-        return {
-            "epsilon": float(eps),
-            "delta": self.params.delta,
-            "accountant": self.params.accountant,
-            "approximate": self.params.accountant == "gdp",
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": steps,
-            "max_grad_norm": self.params.max_grad_norm,
-        }

@@ -1,23 +1,28 @@
 """Empirical privacy audit: canaries, the strongest attack on them, a lower bound on epsilon.
 
-Method (Jagielski et al. 2020, "Auditing Differentially Private Machine Learning: How Private is
-Private SGD?"; Nasr et al. 2021, "Adversary Instantiation"): the auditor plants canaries in one
-client's data, each independently kept IN (trained on) or OUT with probability 1/2, trains, and
-runs a membership test on the canaries. Any (epsilon, delta)-DP training satisfies, for every
-threshold test, TPR <= e^eps FPR + delta and TNR <= e^eps FNR + delta. With Clopper-Pearson
-bounds (a lower bound on TPR, an upper bound on FPR, each at level alpha / (2 T) so that the
-union over the T thresholds tried holds with probability 1 - alpha, Bonferroni) this gives
+The auditor plants canaries in one client's data, trains, scores each canary with a membership
+test and turns the scores into a statistical lower bound on epsilon: a bound above the claimed
+epsilon says the claim is violated; one far below says the attack (or the canaries) are weaker
+than the worst case, not that the claim is loose. Two analyses, named in the results
+(`metrics.analysis`, `artifacts.method`):
 
-    eps_lb = max over thresholds of log((TPR_lo - delta) / FPR_hi), log((TNR_lo - delta) / FNR_hi)
-
-which exceeds the true epsilon with probability at most alpha. A lower bound close to the claimed
-epsilon says the claim is tight; a bound far below it says the attack (or the canaries) are
-weaker than the worst case, not that the claim is loose.
+- `one_run` (default): m canaries, each IN (trained on) independently with probability 1/2, in
+  ONE training run; the bound of Steinke, Nasr and Jagielski 2023, "Privacy Auditing with One
+  (1) Training Run" (privlab/audit_one_run.py), from the correct guesses among the r most
+  confident ones. The canaries of one run are not independent trials, so Clopper-Pearson over
+  them would not be a valid bound; this analysis does not need them to be.
+- `multi_run`: independent runs, one canary each, IN with probability 1/2 from the run's seed
+  (Jagielski et al. 2020, "Auditing Differentially Private Machine Learning: How Private is
+  Private SGD?"; Nasr et al. 2021, "Adversary Instantiation"). A run records its trial
+  (`trial_score`, `trial_in`); privlab/audit_runs.py combines the runs of several seeds with
+  Clopper-Pearson bounds on TPR/FPR (Bonferroni over thresholds): for (eps, delta)-DP,
+  TPR <= e^eps FPR + delta for every threshold test.
 
 Canaries: out-of-distribution inputs (uniform over the client's feature range) with random
 labels: mislabelled records a model can only fit by memorising them, the most exposed records.
 The test on them is offline LiRA (Carlini et al. 2022) with reference models trained on the
-auditor's population data (which never holds a canary), or the plain loss.
+auditor's population data (which never holds a canary; global variance, as the paper advises
+for few reference models), or the plain loss.
 """
 
 from __future__ import annotations
@@ -38,13 +43,21 @@ from privlab.attacks.base import (
     MembershipChallenge,
     ThreatModel,
 )
+from privlab.audit_one_run import one_run_audit
 from privlab.errors import ScenarioError
 from privlab.metrics import membership_metrics
 
-METHOD = (
-    "Clopper-Pearson bounds on TPR/FPR over canaries, Bonferroni over thresholds "
-    "(Jagielski et al. 2020; Nasr et al. 2021)"
-)
+METHODS = {
+    "one_run": (
+        "one-run analysis: correct guesses among the most confident of m canaries in a single "
+        "training run (Steinke, Nasr and Jagielski 2023, Corollary 5.4), Bonferroni over the "
+        "guess counts tried"
+    ),
+    "multi_run": (
+        "multi-run analysis: one canary per independent run, Clopper-Pearson bounds on TPR/FPR "
+        "across runs, Bonferroni over thresholds (Jagielski et al. 2020; Nasr et al. 2021)"
+    ),
+}
 
 
 # --------------------------------------------------------------------------- pure math
@@ -68,7 +81,8 @@ def _bounds(k: np.ndarray, n: int, tail: float) -> tuple[np.ndarray, np.ndarray]
 def epsilon_lower_bound(
     scores_in: np.ndarray, scores_out: np.ndarray, *, delta: float, alpha: float = 0.05
 ) -> dict[str, float]:
-    """The audit's statistical lower bound on epsilon from canary scores (higher = IN)."""
+    """Clopper-Pearson lower bound on epsilon from trial scores (higher = IN). Valid only when
+    the trials are independent, i.e. one trial per independent training run (multi-run)."""
     s_in = np.sort(np.asarray(scores_in, dtype=np.float64))
     s_out = np.sort(np.asarray(scores_out, dtype=np.float64))
     n_in, n_out = len(s_in), len(s_out)
@@ -112,7 +126,9 @@ def make_canaries(
 class AuditParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     client: int = Field(default=0, ge=0)
+    analysis: Literal["one_run", "multi_run"] = "one_run"
     num_canaries: int = Field(default=200, ge=4)
+    """m of the one-run analysis (a multi-run audit plants one canary per run)."""
     score: Literal["lira_offline", "loss"] = "lira_offline"
     num_reference_models: int = Field(default=8, ge=2)
     delta: float = Field(default=1e-5, gt=0, lt=1)
@@ -152,11 +168,17 @@ class CanaryAudit(Attack):
         return [self.params.client]
 
     def poison_data(self, client_id: int, x: torch.Tensor, y: torch.Tensor) -> tuple:
-        """Plant the IN canaries (the auditor holds the OUT ones back)."""
-        rng = np.random.default_rng([self._seed, 59])
-        cx, cy = make_canaries(x.numpy(), self._num_classes, self.params.num_canaries, rng)
-        is_in = rng.random(self.params.num_canaries) < 0.5
-        is_in[0], is_in[1] = True, False  # both sides non-empty
+        """Plant the IN canaries (the auditor holds the OUT ones back). Each canary is IN
+        independently with probability 1/2 (both analyses assume it). A multi-run audit plants
+        the same canary in every run (drawn independently of the seed); only its coin depends
+        on the run's seed, so runs of different seeds are independent trials."""
+        if self.params.analysis == "one_run":
+            rng = np.random.default_rng([self._seed, 59])
+            cx, cy = make_canaries(x.numpy(), self._num_classes, self.params.num_canaries, rng)
+            is_in = rng.random(self.params.num_canaries) < 0.5
+        else:
+            cx, cy = make_canaries(x.numpy(), self._num_classes, 1, np.random.default_rng(59))
+            is_in = np.random.default_rng([self._seed, 61]).random(1) < 0.5
         self._canaries = (cx, cy, is_in)
         return (
             torch.cat([x, torch.as_tensor(cx[is_in])]),
@@ -168,23 +190,35 @@ class CanaryAudit(Attack):
             raise ScenarioError(f"{self.field}: the audited client never trained")
         cx, cy, is_in = self._canaries
         scores = self._scores(view, cx, cy)
-        bound = epsilon_lower_bound(
-            scores[is_in], scores[~is_in], delta=self.params.delta, alpha=self.params.alpha
-        )
-        metrics, artifacts = membership_metrics(scores, is_in)
-        out: dict[str, float | int] = {  # threshold stays out: inf does not belong in JSON
-            "epsilon_lower_bound": bound["epsilon_lower_bound"],
-            "audit_tpr": bound["tpr"],
-            "audit_fpr": bound["fpr"],
-            "canary_auc": metrics["auc"],
+        p = self.params
+        out: dict[str, float | int | str] = {
+            "analysis": p.analysis,
             "n_canaries_in": int(is_in.sum()),
             "n_canaries_out": int((~is_in).sum()),
-            "delta": self.params.delta,
-            "alpha": self.params.alpha,
+            "delta": p.delta,
+            "alpha": p.alpha,
         }
-        artifacts["method"] = METHOD
-        artifacts["score"] = self.params.score
-        return AttackResult(out, artifacts)
+        artifacts: dict[str, Any] = {}
+        if p.analysis == "multi_run":
+            out["trial_score"] = float(scores[0])
+            out["trial_in"] = int(is_in[0])
+        else:
+            bound = one_run_audit(scores, is_in, delta=p.delta, alpha=p.alpha)
+            out.update(
+                {
+                    "epsilon_lower_bound": bound["epsilon_lower_bound"],
+                    "audit_guesses": bound["guesses"],
+                    "audit_correct": bound["correct"],
+                    "audit_guess_accuracy": bound["accuracy"],
+                }
+            )
+            if 0 < is_in.sum() < len(is_in):
+                metrics, artifacts = membership_metrics(scores, is_in)
+                out["canary_auc"] = metrics["auc"]
+        artifacts["analysis"] = p.analysis
+        artifacts["method"] = METHODS[p.analysis]
+        artifacts["score"] = p.score
+        return AttackResult(out, artifacts)  # type: ignore[arg-type]
 
     def _scores(self, view: FinalView, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
         from privlab.attacks.lira import (
@@ -212,4 +246,4 @@ class CanaryAudit(Attack):
             cache=self.params.cache,
         )
         ref_phi = logit_confidence(ref.logprobs, cy)
-        return lira_scores(target_phi, ref_phi, ref.in_mask, online=False, fixed_variance=False)
+        return lira_scores(target_phi, ref_phi, ref.in_mask, online=False, fixed_variance=True)

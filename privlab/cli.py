@@ -248,10 +248,16 @@ def run(
     seed: SeedOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or table.")] = False,
     threads: ThreadsOpt = 1,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="Where variants run: local, or ray (privlab[ray])."),
+    ] = None,
 ) -> None:
     """Run a scenario: train every variant, run its attacks, write results.json and report.html."""
     from privlab.scenario import load_scenario
 
+    if backend is not None:  # validated with the scenario: one line naming `backend`
+        set_ = [*(set_ or []), f"backend={json.dumps(backend)}"]
     results = _execute(load_scenario(scenario, set_, seed), out, quiet, threads)
     breaches = _breaches(results)
     if breaches:

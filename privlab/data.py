@@ -17,8 +17,6 @@ from typing import Annotated, Any, TypeVar, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn import datasets as skdatasets
-from sklearn.model_selection import train_test_split
 
 from privlab import registry
 from privlab.errors import PrivlabError, ScenarioError
@@ -106,6 +104,13 @@ def _random_state(seed: int) -> int:
     return seed % 2**32
 
 
+def skdatasets() -> Any:
+    """sklearn.datasets, imported on first use (about 1 s: not for `import privlab.runner`)."""
+    from sklearn import datasets
+
+    return datasets
+
+
 def _split(
     x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -125,6 +130,8 @@ def _split(
         )
     counts = np.unique(y, return_counts=True)[1]
     stratifiable = counts.min() >= 2 and min(n_test, n - n_test) >= len(counts)
+    from sklearn.model_selection import train_test_split  # scikit-learn only when loading
+
     x_tr, x_te, y_tr, y_te = train_test_split(
         x,
         y,
@@ -172,7 +179,7 @@ def _make(
 def load_digits(params: dict[str, Any], *, test_fraction: float, seed: int) -> Dataset:
     """scikit-learn's 8x8 digits as (1, 8, 8) images in [0, 1]."""
     _no_params("digits", params)
-    raw = skdatasets.load_digits()
+    raw = skdatasets().load_digits()
     x = (raw.images / 16.0)[:, None, :, :]
     x_tr, x_te, y_tr, y_te = _split(x, raw.target, test_fraction, seed)
     return _make("digits", x_tr, y_tr, x_te, y_te, 10)
@@ -181,7 +188,7 @@ def load_digits(params: dict[str, Any], *, test_fraction: float, seed: int) -> D
 def load_breast_cancer(params: dict[str, Any], *, test_fraction: float, seed: int) -> Dataset:
     """Wisconsin breast cancer, 30 features standardized with train statistics."""
     _no_params("breast_cancer", params)
-    raw = skdatasets.load_breast_cancer()
+    raw = skdatasets().load_breast_cancer()
     x_tr, x_te, y_tr, y_te = _split(raw.data, raw.target, test_fraction, seed)
     x_tr, x_te = _standardize(x_tr, x_te)
     return _make("breast_cancer", x_tr, y_tr, x_te, y_te, 2)
@@ -249,7 +256,7 @@ def load_synthetic(params: dict[str, Any], *, test_fraction: float, seed: int) -
     """make_classification with no redundant features (the rest is pure noise), standardized."""
     p = _validate(SyntheticParams, params)
     _check_synthetic(p)
-    x, y = skdatasets.make_classification(
+    x, y = skdatasets().make_classification(
         n_samples=p.n_samples,
         n_features=p.n_features,
         n_informative=p.n_informative,

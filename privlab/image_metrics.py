@@ -132,7 +132,8 @@ def grade_attempt(
     """Metrics and a display artifact for one reconstruction attempt against its truth.
 
     Reconstructions are clipped to the data's value range (an attacker knows it), matched to
-    the originals (Hungarian, min MSE), and PSNR uses that range as its peak.
+    the originals (Hungarian, min MSE), and PSNR uses that range as its peak. The per-pair
+    scores stay under "pairs" (popped by `grade_reconstructions`, which pools them).
     """
     lo, hi = value_range
     rec = np.clip(_images(images), lo, hi)
@@ -146,6 +147,7 @@ def grade_attempt(
         "ssim": None if m["ssim"] is None else float(m["ssim"].mean()),
         "n_images": len(rec),
         "n_records": len(orig),
+        "pairs": {"psnr": psnrs, "mse": m["mse"], "ssim": m["ssim"]},
     }
     if labels is not None:
         out["label_accuracy"] = label_accuracy(labels, true_y)
@@ -161,43 +163,96 @@ def grade_attempt(
     return out
 
 
+def prior_guess(population_x: np.ndarray, population_y: np.ndarray) -> tuple[np.ndarray, int]:
+    """The know-nothing reconstruction: the population's mean record and its majority class
+    (what an adversary holding only the population data guesses for any record)."""
+    x = np.asarray(population_x, dtype=np.float64)
+    classes, counts = np.unique(np.asarray(population_y), return_counts=True)
+    return x.mean(axis=0), int(classes[np.argmax(counts)])
+
+
+def _pooled(graded: list[dict[str, Any]], key: str) -> np.ndarray | None:
+    parts = [g["pairs"][key] for g in graded if g["pairs"][key] is not None]
+    return np.concatenate(parts) if len(parts) == len(graded) and parts else None
+
+
 def grade_reconstructions(
     attempts: list[Any],
     x_train: np.ndarray,
     y_train: np.ndarray,
     client_records: dict[int, np.ndarray],
     max_shown: int = 4,
-) -> tuple[dict[str, float | int], dict[str, Any]]:
+    prior: tuple[np.ndarray, int] | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
     """The referee's grading: each attempt against the union of its clients' true records.
 
-    Returns summary metrics (means over attempts) and artifacts (per-attempt metrics and up to
-    `max_shown` attempts' images for the report).
+    `prior` is the attack's data-free guess (`prior_guess`: the population mean record and
+    majority class); it is graded exactly like each attempt (same number of images, same
+    matching), giving `m_baseline` and `m_gain` for every metric. PSNR, SSIM and MSE are
+    means over all matched records of all attempts (bootstrap CIs over those records); label
+    accuracy is the pooled share of recovered labels (Clopper-Pearson). Returns summary
+    metrics, artifacts (per-attempt metrics and up to `max_shown` attempts' images) and the
+    CI method per metric.
     """
+    from privlab.baseline_stats import scored, with_share_baseline
+
     lo, hi = float(np.min(x_train)), float(np.max(x_train))
-    graded = []
+    graded, base = [], []
     for a in attempts:
         idx = np.concatenate([client_records[k] for k in a.clients])
         g = grade_attempt(a.images, a.labels, x_train[idx], y_train[idx], (lo, hi))
         g.update(round=a.round, clients=[int(k) for k in a.clients], source=a.source)
+        if prior is not None:
+            guess = np.broadcast_to(prior[0], np.shape(a.images)).astype(np.float64)
+            guess_y = None if a.labels is None else np.full(len(a.labels), prior[1])
+            b = grade_attempt(guess, guess_y, x_train[idx], y_train[idx], (lo, hi))
+            base.append(b)
+            g["psnr_baseline"] = round(b["psnr"], 6)
         for key in ("psnr", "psnr_max", "ssim", "mse", "label_accuracy"):
             if isinstance(g.get(key), float):
                 g[key] = round(g[key], 6)
         graded.append(g)
-    metrics: dict[str, float | int] = {"n_attempts": len(graded)}
+    metrics: dict[str, Any] = {"n_attempts": len(graded)}
+    methods: dict[str, str] = {}
     if graded:
-        for key in ("psnr", "psnr_max", "ssim", "mse", "label_accuracy"):
-            vals = [g[key] for g in graded if g.get(key) is not None]
-            if vals:
-                metrics[key] = float(np.mean(vals))
+        unit = "reconstructed records"
+        for key in ("psnr", "ssim", "mse"):
+            vals = _pooled(graded, key)
+            if vals is None:
+                continue
+            ref = _pooled(base, key) if base else None
+            if ref is None:
+                metrics[key] = float(vals.mean())
+                continue
+            out, how = scored(key, vals, ref, unit=unit, seed=seed)
+            metrics.update(out)
+            methods.update(how)
         metrics["psnr_max"] = float(max(g["psnr_max"] for g in graded))
         metrics["success_rate_30db"] = float(np.mean([g["psnr"] >= 30 for g in graded]))
+        if base:
+            rate = float(np.mean([b["psnr"] >= 30 for b in base]))
+            metrics["success_rate_30db_baseline"] = rate
+            metrics["success_rate_30db_gain"] = metrics["success_rate_30db"] - rate
+        labelled = [(g, b) for g, b in zip(graded, base or graded, strict=True)]
+        labelled = [(g, b) for g, b in labelled if g.get("label_accuracy") is not None]
+        if labelled:
+            total = sum(g["n_records"] for g, _ in labelled)
+            hits = round(sum(g["label_accuracy"] * g["n_records"] for g, _ in labelled))
+            if base:
+                prior_hits = sum(b["label_accuracy"] * b["n_records"] for _, b in labelled)
+                out, how = with_share_baseline("label_accuracy", hits, total, prior_hits / total)
+                metrics.update(out)
+                methods.update(how)
+            else:
+                metrics["label_accuracy"] = hits / total
         metrics["aggregate_share"] = float(np.mean([g["source"] == "aggregate" for g in graded]))
         metrics["records_per_attempt"] = float(np.mean([g["n_records"] for g in graded]))
     artifacts = {
         "attempts": [
-            {k: v for k, v in g.items() if k != "display"}
+            {k: v for k, v in g.items() if k not in ("display", "pairs")}
             | ({"display": g["display"]} if i < max_shown else {})
             for i, g in enumerate(graded)
         ]
     }
-    return metrics, artifacts
+    return metrics, artifacts, methods

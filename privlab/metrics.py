@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
 
 FPR_LEVELS = {"1pct": 0.01, "0.1pct": 0.001, "0pct": 0.0}
 
@@ -43,6 +42,8 @@ def membership_metrics(
     scores: np.ndarray, is_member: np.ndarray, threshold: float | None = None
 ) -> tuple[dict[str, float | int], dict[str, Any]]:
     """Metrics and ROC artifact for membership scores (higher = more likely member)."""
+    from sklearn.metrics import roc_auc_score, roc_curve  # on use: keeps start-up light
+
     scores = np.asarray(scores, dtype=np.float64)
     truth = np.asarray(is_member, dtype=bool)
     if not np.all(np.isfinite(scores)):

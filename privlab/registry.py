@@ -201,7 +201,8 @@ attacks.register(
 attacks.register(
     "dp_audit",
     "privlab.audit:CanaryAudit",
-    "empirical DP audit: canaries in one client, Clopper-Pearson lower bound on epsilon",
+    "empirical DP audit: canaries in one client, one-run (Steinke et al. 2023) or multi-run "
+    "lower bound on epsilon",
 )
 attacks.register(
     "canary_exposure",

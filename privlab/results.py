@@ -42,6 +42,7 @@ Timing fields (any key named ``seconds``, ``seconds_per_round``, ``timing``, or 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -70,6 +71,12 @@ _TRACKED_PACKAGES = (
 
 
 def package_versions() -> dict[str, str]:
+    return dict(_package_versions())
+
+
+@functools.cache
+def _package_versions() -> dict[str, str]:
+    """Read once per process: package metadata costs about 0.1 s per read."""
     out = {"python": platform.python_version()}
     for name in _TRACKED_PACKAGES:
         try:

@@ -29,6 +29,7 @@ from privlab.attacks.base import (
 )
 from privlab.data import Dataset, load_dataset
 from privlab.defenses.base import Defense
+from privlab.engine.network import network_cost
 from privlab.errors import Diverged, ScenarioError
 from privlab.expectations import check_expectation_paths, check_expectations
 from privlab.metrics import membership_metrics
@@ -142,12 +143,15 @@ def grade(attack: Attack, output: AttackResult | MembershipScores, referee: Refe
         "params": attack.params.model_dump(mode="json"),
         "metrics": {k: _clean(v) for k, v in output.metrics.items()},
         "artifacts": output.artifacts,
+        **({"ci_methods": dict(output.ci_methods)} if output.ci_methods else {}),
     }
 
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float | np.floating):
         return round(float(v), 6)
+    if isinstance(v, list | tuple):  # an interval [lo, hi]
+        return [_clean(x) for x in v]
     if isinstance(v, np.integer):
         return int(v)
     return v
@@ -202,25 +206,43 @@ class ScenarioRun:
                 warnings.filterwarnings("ignore", message=message)
             return self._run()
 
+    def run_variant(self, index: int) -> tuple[str, dict[str, Any]]:
+        """One variant's results (a backend's unit of work)."""
+        with warnings.catch_warnings():
+            for message in KNOWN_HARMLESS_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            prepared = self.variants[index]
+            return prepared[0].name, self._run_variant(*prepared)
+
     def _run(self) -> dict[str, Any]:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         variants = {}
+        if self.scenario.backend == "ray":
+            from privlab.engine.ray_backend import run_variants
+
+            variants = run_variants(self.scenario, len(self.variants))
         for variant, vs, defenses, attacks, dataset, clients in self.variants:
-            variants[variant.name] = self._run_variant(
-                variant, vs, defenses, attacks, dataset, clients
-            )
+            if variant.name not in variants:
+                variants[variant.name] = self._run_variant(
+                    variant, vs, defenses, attacks, dataset, clients
+                )
         results = {
             "schema_version": SCHEMA_VERSION,
             "privlab_version": __version__,
-            "scenario": self.scenario.model_dump(mode="json"),
+            # Where it ran is not part of the result (identical on every backend).
+            "scenario": self.scenario.model_dump(mode="json", exclude={"backend", "ray_address"}),
             "seed": self.scenario.seed,
             "versions": package_versions(),
             "variants": variants,
         }
         results = null_non_finite(results)  # JSON has no NaN: null, with a note where it was
         results["expectations"] = check_expectations(self.scenario, results["variants"])
-        results["timing"] = {"started": started, "seconds": round(time.perf_counter() - t0, 3)}
+        results["timing"] = {
+            "started": started,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "backend": self.scenario.backend,
+        }
         return results
 
     def _run_variant(
@@ -323,6 +345,8 @@ class ScenarioRun:
                 "bytes_total": int(sum(bytes_per_round)),
                 "seconds_per_round": [round(r.seconds, 4) for r in outcome.rounds],
                 "seconds": round(time.perf_counter() - t0, 3),
+                **outcome.cost,
+                "network": network_cost(wire.traffic, vs.topology.rounds, vs.topology.network),
             },
             "notes": outcome.notes,
             **({"topology": outcome.extra} if outcome.extra else {}),

@@ -60,6 +60,16 @@ class ModelSpec(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class NetworkSpec(Strict):
+    """Every client's link (pfl-style cost model: the source brief names communication as the
+    bottleneck): round latency = the slowest party's transfer time plus one latency per
+    message, from the bytes it really sent and received."""
+
+    uplink_mbps: PositiveFloat = 10.0
+    downlink_mbps: PositiveFloat = 50.0
+    latency_ms: Annotated[float, Field(ge=0)] = 50.0
+
+
 class TopologySpec(Strict):
     name: str = "federated"
     rounds: Annotated[int, Field(gt=0, le=100_000)] = 20
@@ -75,6 +85,8 @@ class TopologySpec(Strict):
     server_lr: Annotated[float, Field(gt=0, le=MAX_LR)] = 1.0
     params: dict[str, Any] = Field(default_factory=dict)
     """Topology-specific settings (cut layer, peers, ...)."""
+    network: NetworkSpec | None = None
+    """Client links for the simulated communication latency (none: bytes only)."""
 
 
 class ComponentSpec(Strict):
@@ -116,6 +128,13 @@ class Scenario(Strict):
     """The output folder's name under reports/: one path component, never '.' or '..'."""
     description: str = ""
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    engine: Literal["auto", "sequential"] = "auto"
+    """How clients train: "auto" vectorises them where the model allows (else sequential);
+    "sequential" forces the one-client-at-a-time reference path."""
+    backend: Literal["local", "ray"] = "local"
+    """Where variants run: in this process, or as Ray tasks (`pip install 'privlab[ray]'`) on a
+    local Ray started by privlab or the cluster at `ray_address`; results are identical."""
+    ray_address: str | None = None
     data: DataSpec = Field(default_factory=DataSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)

@@ -1,8 +1,10 @@
 """One party's local training, shared by every topology.
 
-A `LocalTrainer` owns its copy of the model, its data and its random generator, so a client's
-batches and noise depend only on the seed and its own history (not on which other clients ran).
-Defenses that live inside local training (DP-SGD) provide their own trainer with the same API.
+A `LocalTrainer` owns a model, its data and its random generator, so a client's batches and
+noise depend only on the seed and its own history (not on which other clients ran). Plain
+trainers can be `rebind`-ed to another party's data and generator, so one model serves every
+client of a worker (privlab.engine). Defenses that live inside local training (DP-SGD) provide
+their own trainer with the same API.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from privlab.engine.sgd import proximal_update, sgd_update
 
 State = dict[str, torch.Tensor]
 
@@ -89,12 +93,30 @@ class LocalTrainer:
         self.x, self.y = x, y
         self.settings = settings
         self.generator = generator
-        self.optimizer = torch.optim.SGD(
-            self.trainable_parameters(),
-            lr=settings.lr,
-            momentum=settings.momentum,
-            weight_decay=settings.weight_decay,
-        )
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._buffers: list[torch.Tensor | None] = []
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """torch.optim.SGD over the model, built on first use: DP-SGD and split learning step
+        through it. Plain steps use `sgd_update` (the same arithmetic) because building any
+        torch.optim optimiser imports torch._dynamo, which costs a second per run."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.SGD(
+                self.trainable_parameters(),
+                lr=self.settings.lr,
+                momentum=self.settings.momentum,
+                weight_decay=self.settings.weight_decay,
+            )
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, value: torch.optim.Optimizer) -> None:
+        self._optimizer = value
+
+    def rebind(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> None:
+        """Serve another party with the same model (its data and its own generator)."""
+        self.x, self.y, self.generator = x, y, generator
 
     @property
     def num_samples(self) -> int:
@@ -119,19 +141,22 @@ class LocalTrainer:
         return [order[i : i + bs] for i in range(0, n, bs)]
 
     def _proximal_step(self, anchor: list[torch.Tensor] | None) -> None:
-        """FedProx (Li et al. 2020): the gradient of mu/2 ||w - w_global||^2, applied after the
-        optimiser step so it also composes with DP-SGD (it does not depend on data)."""
-        if anchor is None:
-            return
-        step = self.settings.lr * self.settings.fedprox_mu
-        with torch.no_grad():
-            for p, a in zip(self.trainable_parameters(), anchor, strict=True):
-                p.sub_(p - a, alpha=step)
+        """FedProx after each optimiser step (see `proximal_update`)."""
+        if anchor is not None:
+            proximal_update(
+                self.trainable_parameters(),
+                anchor,
+                lr=self.settings.lr,
+                mu=self.settings.fedprox_mu,
+            )
 
     def train(self, start: State, epochs: int | None = None) -> TrainStats:
         """Load `start`, run the local epochs, leave the result in the model."""
         self.load(start)
-        self.optimizer.state.clear()  # fresh optimiser state every round, as in FedAvg
+        # Fresh optimiser state every round, as in FedAvg.
+        self._buffers = []
+        if self._optimizer is not None:
+            self._optimizer.state.clear()
         anchor = (
             [p.detach().clone() for p in self.trainable_parameters()]
             if self.settings.fedprox_mu > 0
@@ -147,8 +172,18 @@ class LocalTrainer:
         return TrainStats(steps=steps, mean_loss=total / max(steps, 1))
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
+        params = self.trainable_parameters()
         loss = F.cross_entropy(self.model(xb), yb)
-        loss.backward()
-        self.optimizer.step()
+        grads = torch.autograd.grad(loss, params)
+        if not self._buffers:
+            self._buffers = [None] * len(params)
+        s = self.settings
+        sgd_update(
+            params,
+            list(grads),
+            self._buffers,
+            lr=s.lr,
+            momentum=s.momentum,
+            weight_decay=s.weight_decay,
+        )
         return loss.item()

@@ -60,13 +60,31 @@ class Wire:
     def __init__(self) -> None:
         self._observers: list[tuple[Callable[[Message], bool], Observer]] = []
         self.bytes_by_round: dict[int, int] = defaultdict(int)
+        self.traffic: dict[int, dict[str, list[int]]] = defaultdict(dict)
+        """Per round, per party: [bytes sent, bytes received, messages sent, received]."""
+
+    def watched(self, round_: int, sender: str, receiver: str, kind: str) -> bool:
+        """Whether any observer would see such a message: if not, a topology may skip building
+        it and only `count` its bytes (the threat models decide on sender, receiver, kind)."""
+        if not self._observers:
+            return False
+        probe = Message(round_, sender, receiver, kind, None, 0)
+        return any(can_see(probe) for can_see, _ in self._observers)
+
+    def count(self, round_: int, sender: str, receiver: str, nbytes: int) -> None:
+        """Account for a message nobody observes, without building it."""
+        self.bytes_by_round[round_] += nbytes
+        for party, i in ((sender, 0), (receiver, 1)):
+            row = self.traffic[round_].setdefault(party, [0, 0, 0, 0])
+            row[i] += nbytes
+            row[i + 2] += 1
 
     def subscribe(self, can_see: Callable[[Message], bool], observer: Observer) -> None:
         self._observers.append((can_see, observer))
 
     def send(self, round_: int, sender: str, receiver: str, kind: str, payload: Any) -> Message:
         msg = Message(round_, sender, receiver, kind, payload, payload_bytes(payload))
-        self.bytes_by_round[round_] += msg.nbytes
+        self.count(round_, sender, receiver, msg.nbytes)
         for can_see, observer in self._observers:
             if can_see(msg):
                 observer(msg)

@@ -105,3 +105,90 @@ def test_dp_sgd_bad_inputs_exit_2(params: str, field: str) -> None:
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and field in lines[0], lines
+
+
+# ----- DP-SGD calibration on the steps the trainer really takes (issue 9), cached (issue 12)
+
+# (batches per epoch k, epochs E, target): int(E / (1 / k)) < E * k in floating point, and
+# Opacus' epochs-based calibration then overspends on the real E * k steps.
+SHORT_CASES = [(93, 1, 8.0), (93, 2, 1.0), (77, 6, 1.0), (75, 3, 8.0)]
+
+
+@pytest.mark.parametrize(("k", "epochs", "target"), SHORT_CASES)
+def test_spent_epsilon_on_the_real_steps_never_exceeds_the_target(
+    k: int, epochs: int, target: float, tmp_path, monkeypatch
+) -> None:
+    import torch
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from privlab.defenses.dp_sgd import DPSGD
+    from privlab.training import TrainSettings, seeded_generator
+
+    monkeypatch.setenv("PRIVLAB_CACHE_DIR", str(tmp_path))
+    q = 1 / k
+    assert int(epochs / q) == epochs * k - 1  # the case the issue names
+    # the defect: noise searched for int(E / q) steps overspends on the E * k steps taken
+    old = get_noise_multiplier(target_epsilon=target, target_delta=1e-5, sample_rate=q,
+                               epochs=epochs, accountant="rdp", epsilon_tolerance=0.01)  # fmt: skip
+    assert _opacus(RDPAccountant, old, q, epochs * k, 1e-5) > target
+    # the trainer: k records, batch 1 -> k Poisson batches per epoch; count its steps
+    spec = ComponentSpec(
+        name="dp_sgd", params={"target_epsilon": target, "accountant": "rdp", "delta": 1e-5}
+    )
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2))
+    x, y = torch.randn(k, 2), torch.randint(0, 2, (k,))
+    settings = TrainSettings(batch_size=1, lr=0.1, local_epochs=epochs)
+    trainer = DPSGD(spec, "defenses.0").make_trainer(
+        model, x, y, settings, seeded_generator(0), planned_epochs=epochs
+    )
+    trainer.train(trainer.state())
+    spent = trainer.privacy()
+    assert spent["steps"] == spent["calibrated_steps"] == epochs * k
+    # independent recomputation: Opacus' accountant over the real history
+    real = _opacus(RDPAccountant, spent["noise_multiplier"], q, spent["steps"], 1e-5)
+    assert real == pytest.approx(spent["epsilon"], rel=1e-9)
+    assert real <= target
+
+
+def test_prv_calibration_on_real_steps_meets_the_target(tmp_path, monkeypatch) -> None:
+    """The default accountant (PRV) for k = 93, one epoch, target 8."""
+    from privlab.defenses.dp_calibration import calibrate_noise
+
+    monkeypatch.setenv("PRIVLAB_CACHE_DIR", str(tmp_path))
+    noise = calibrate_noise(8.0, 1e-5, 1 / 93, 93, "prv")
+    assert _opacus(PRVAccountant, noise, 1 / 93, 93, 1e-5) <= 8.0
+
+
+def test_calibration_is_cached_on_disk_and_rebuilt_on_a_bad_checksum(tmp_path, monkeypatch) -> None:
+    import json
+
+    from privlab.defenses import dp_calibration as cal
+
+    monkeypatch.setenv("PRIVLAB_CACHE_DIR", str(tmp_path))
+    cal.calibrate_noise.cache_clear()
+    first = cal.calibrate_noise(2.0, 1e-5, 0.1, 50, "rdp")
+    files = list((tmp_path / cal.CACHE_FOLDER).glob("*.json"))
+    assert len(files) == 1
+    entry = json.loads(files[0].read_text())
+    assert entry["question"]["steps"] == 50 and entry["noise_multiplier_decimal"] == first
+
+    calls = []
+
+    def counting(*args):
+        calls.append(args)
+        return 123.0
+
+    monkeypatch.setattr(cal, "search_noise", counting)
+    cal.calibrate_noise.cache_clear()  # a new process: only the disk remains
+    assert cal.calibrate_noise(2.0, 1e-5, 0.1, 50, "rdp") == first and not calls
+    # a tampered entry fails its checksum and is recomputed (and rewritten)
+    entry["noise_multiplier"] = (first * 0.5).hex()
+    files[0].write_text(json.dumps(entry))
+    cal.calibrate_noise.cache_clear()
+    assert cal.calibrate_noise(2.0, 1e-5, 0.1, 50, "rdp") == 123.0 and len(calls) == 1
+    assert json.loads(files[0].read_text())["noise_multiplier_decimal"] == 123.0
+    # a garbled file too
+    files[0].write_text("{not json")
+    cal.calibrate_noise.cache_clear()
+    assert cal.calibrate_noise(2.0, 1e-5, 0.1, 50, "rdp") == 123.0 and len(calls) == 2
+    cal.calibrate_noise.cache_clear()

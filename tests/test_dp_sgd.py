@@ -6,7 +6,7 @@ import pytest
 import torch
 from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
 
-from privlab.defenses.dp_sgd import DPSGD, DPSGDTrainer, epsilon_of
+from privlab.defenses.dp_sgd import DPSGD, DPSGDTrainer, FastDPSGDTrainer, epsilon_of
 from privlab.errors import ScenarioError
 from privlab.runner import ScenarioRun
 from privlab.scenario import ComponentSpec, load_scenario
@@ -26,16 +26,19 @@ def test_epsilon_equals_opacus_for_same_history(name: str, cls: type, expected: 
     assert ours == pytest.approx(expected, abs=0.01)
 
 
-def test_trainer_steps_the_accountant_once_per_step() -> None:
+@pytest.mark.parametrize(("path", "cls"), [("auto", FastDPSGDTrainer), ("opacus", DPSGDTrainer)])
+def test_trainer_steps_the_accountant_once_per_step(path: str, cls: type) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
     settings = TrainSettings(batch_size=8, lr=0.1, local_epochs=2)
-    spec = ComponentSpec(name="dp_sgd", params={"noise_multiplier": 1.5, "accountant": "rdp"})
+    params = {"noise_multiplier": 1.5, "accountant": "rdp", "path": path}
+    spec = ComponentSpec(name="dp_sgd", params=params)
     trainer = DPSGD(spec, "defenses.0").make_trainer(
         model, x, y, settings, seeded_generator(0), planned_epochs=2
     )
-    assert isinstance(trainer, DPSGDTrainer)
+    assert isinstance(trainer, cls)
+    assert trainer.privacy()["path"] == cls.path
     trainer.train(trainer.state())
     spent = trainer.privacy()
     assert spent["steps"] == 10 and spent["sample_rate"] == pytest.approx(0.2)
@@ -78,7 +81,7 @@ def test_bad_dp_params_name_the_field(params: dict, field: str) -> None:
 def test_unreachable_target_epsilon_is_a_scenario_error() -> None:
     spec = ComponentSpec(name="dp_sgd", params={"target_epsilon": 1e-6, "delta": 1e-5})
     with pytest.raises(ScenarioError, match="target_epsilon"):
-        DPSGD(spec, "defenses.0").noise_for(sample_rate=0.5, planned_epochs=1000)
+        DPSGD(spec, "defenses.0").noise_for(sample_rate=0.5, steps=2000)
 
 
 def test_dp_at_small_epsilon_removes_leakage_where_the_undefended_model_leaks() -> None:

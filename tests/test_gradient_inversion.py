@@ -234,3 +234,78 @@ def test_report_shows_reconstructions_tradeoff_and_he_cost(he_run: dict) -> None
     html = render_report(he_run)
     assert "only the aggregate" in html and "decrypted with the colluding client" in html
     assert html.count('fill="rgb(') >= 2 * 64  # at least one original and one reconstruction
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_box_bounds_come_from_the_population_not_the_victims() -> None:
+    """Geiping et al. box the dummies to the data range; the adversary knows the range from
+    its population data, never from the victims' records (here given a wider range)."""
+    from privlab.attacks.base import FinalView, MembershipChallenge, PopulationData
+    from privlab.attacks.gradient_inversion import InvertingGradientsAttack
+    from privlab.wire import Message
+
+    attack = InvertingGradientsAttack(ComponentSpec(name="inverting_gradients"), "attacks.0")
+    seen: list[tuple[float, float]] = []
+    attack.invert = lambda problem, gen, bounds: (  # type: ignore[method-assign]
+        seen.append(bounds) or (np.zeros((1, 1, 8, 8)), np.zeros(1, dtype=np.int64))
+    )
+    model = _mlp()
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    attack.observe(Message(1, "server", "client0", "global_model", state, 0))
+    update = {k: torch.zeros_like(v) for k, v in state.items()}
+    attack.observe(Message(1, "client0", "server", "update", update, 0))
+    victims = MembershipChallenge(x=np.full((2, 1, 8, 8), 5.0, np.float32), y=np.zeros(2))
+    pop_x = X[:50].copy()
+    pop_x[0, 0, 0, 0], pop_x[1, 0, 0, 0] = 0.0, 1.0
+    view = FinalView(
+        query=lambda x: x,
+        challenge=victims,
+        recipe=load_scenario("gradient_inversion"),
+        model_factory=_mlp,
+        side_information={"client_num_samples": {0: 1}},
+        population=PopulationData(pop_x, Y[:50]),
+    )
+    out = attack.finalize(view)
+    assert seen == [(0.0, 1.0)]
+    assert out.prior is not None and np.allclose(out.prior[0], pop_x.mean(axis=0))
+    assert any("population" in k for k in attack.threat_model().knowledge)
+
+
+def _client_records(results: dict) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray, int]:
+    from privlab.data import load_dataset
+    from privlab.partition import partition
+    from privlab.scenario import Scenario
+
+    scenario = Scenario.model_validate(results["scenario"])
+    data = load_dataset(scenario.data, scenario.seed)
+    clients = partition(data.y_train, scenario.partition, scenario.seed)
+    records = {c.client_id: c.train_idx for c in clients}
+    prior = data.x_test.astype(np.float64).mean(axis=0)
+    classes, counts = np.unique(data.y_test, return_counts=True)
+    return data.x_train, data.y_train, records, prior, int(classes[np.argmax(counts)])
+
+
+def test_baselines_are_the_population_mean_scored_by_scikit_image(he_run: dict) -> None:
+    """m_baseline is the data-free guess (population mean image, majority class) graded like
+    the attack: recompute it with scikit-image on the attacked clients' true records."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    x, y, records, prior, majority = _client_records(he_run)
+    span = float(x.max() - x.min())
+    for name in ("plain", "he"):
+        a = he_run["variants"][name]["attacks"]["idlg"]
+        idx = np.concatenate([records[k] for t in a["artifacts"]["attempts"] for k in t["clients"]])
+        psnrs = [peak_signal_noise_ratio(x[i, 0], prior[0], data_range=span) for i in idx]
+        ssims = [structural_similarity(x[i, 0], prior[0], data_range=span) for i in idx]
+        m = a["metrics"]
+        assert m["psnr_baseline"] == pytest.approx(np.mean(psnrs), abs=1e-5)
+        assert m["ssim_baseline"] == pytest.approx(np.mean(ssims), abs=1e-5)
+        assert m["label_accuracy_baseline"] == pytest.approx(np.mean(y[idx] == majority), abs=1e-6)
+        assert m["psnr_gain"] == pytest.approx(m["psnr"] - m["psnr_baseline"], abs=2e-6)
+        assert "bootstrap" in a["ci_methods"]["psnr"]
+    plain = he_run["variants"]["plain"]["attacks"]["idlg"]["metrics"]
+    he = he_run["variants"]["he"]["attacks"]["idlg"]["metrics"]
+    assert plain["psnr_gain"] > 15  # a single FedSGD update leaks the record
+    assert he["psnr_gain"] < 3  # the aggregate: about what the mean image already scores

@@ -46,6 +46,97 @@ def test_alie_z_matches_scipy():
     for n, m in [(10, 2), (50, 12), (100, 20)]:
         s = int(np.floor(n / 2 + 1)) - m
         assert P.alie_z(n, m) == pytest.approx(norm.ppf((n - s) / n), abs=1e-9)
+        ref = norm.ppf((n - m - s) / (n - m))
+        assert P.alie_z(n, m, "reference") == pytest.approx(ref, abs=1e-9)
+
+
+def test_alie_z_closed_forms_for_the_bundled_setting():
+    """n = 10, m = 3: s = floor(6) - 3 = 3 supporters. Paper: Phi^-1(7/10) = 0.5244;
+    reference implementations: Phi^-1(4/7) = 0.1800 (tabulated normal quantiles)."""
+    assert P.alie_z(10, 3) == pytest.approx(0.524401, abs=1e-6)
+    assert P.alie_z(10, 3, "reference") == pytest.approx(0.180012, abs=1e-6)
+    # Baruch et al.'s own example: n = 50, m = 24 gives s = 2 and z = Phi^-1(48/50) = 1.75
+    assert P.alie_z(50, 24) == pytest.approx(1.750686, abs=1e-6)
+
+
+def test_alie_uses_the_chosen_formula_and_reports_z():
+    rng = np.random.default_rng(3)
+    mal = {k: {"w": torch.as_tensor(rng.normal(size=5))} for k in range(3)}
+    ben = {k: {"w": torch.as_tensor(rng.normal(size=5))} for k in range(3, 10)}
+    for formula, z in (("paper", 0.524401), ("reference", 0.180012)):
+        a = attack("alie", z_formula=formula)
+        out = a.craft(1, mal, ben)
+        ref = torch.stack([u["w"] for u in mal.values()])  # not omniscient: own updates
+        expected = ref.mean(0) - z * ref.std(0)
+        torch.testing.assert_close(out[0]["w"], expected, rtol=0, atol=1e-5)
+
+
+def test_omniscient_statistics_are_over_benign_updates_only():
+    """Xie et al.'s IPM sends -epsilon times the mean of the correct (benign) updates; the
+    attackers' own (here huge) updates must not enter it. Same for omniscient ALIE."""
+    mal = {k: {"w": torch.full((4,), 1e6, dtype=torch.float64)} for k in range(3)}
+    benign = np.arange(28, dtype=np.float64).reshape(7, 4)
+    ben = {3 + i: {"w": torch.as_tensor(row)} for i, row in enumerate(benign)}
+    out = attack("ipm", epsilon=0.5).craft(1, mal, ben)
+    np.testing.assert_allclose(out[0]["w"].numpy(), -0.5 * benign.mean(axis=0))
+    out = attack("alie", omniscient=True, z=1.0).craft(1, mal, ben)
+    np.testing.assert_allclose(
+        out[0]["w"].numpy(), benign.mean(axis=0) - benign.std(axis=0, ddof=1)
+    )
+
+
+def test_model_replacement_boost_accounts_for_fedavg_sample_weights():
+    """Bagdasaryan et al. with FedAvg's weights: after G + eta * sum_i (w_i / W) U_i the global
+    model is exactly the attacker's X when the benign updates vanish: gamma = W / (eta w_m)."""
+    eta = 0.5
+    a = attack("model_replacement", num_malicious=1)
+    a.server_lr = eta
+    weights = {0: 12.0, 1: 40.0, 2: 80.0, 3: 68.0}  # W = 200, the attacker holds 12
+    a.aggregation_weights(1, weights)
+    g, x = np.array([0.3, -1.0, 2.0]), np.array([1.0, 1.0, -1.0])
+    own = {"w": torch.as_tensor(x - g)}
+    zero = {"w": torch.zeros(3, dtype=torch.float64)}
+    out = a.craft(1, {0: own}, {k: zero for k in (1, 2, 3)})
+    assert a.boosts == [pytest.approx(200 / (eta * 12))]
+    updates = {0: out[0]["w"].numpy(), 1: 0.0, 2: 0.0, 3: 0.0}
+    total = sum(weights.values())
+    new_global = g + eta * sum(weights[k] / total * updates[k] for k in weights)
+    np.testing.assert_allclose(new_global, x, atol=1e-12)
+
+
+def test_colluding_replacement_boost_splits_the_weight():
+    a = attack("model_replacement", num_malicious=2)
+    a.aggregation_weights(1, {0: 10.0, 1: 30.0, 2: 60.0})
+    u = {"w": torch.ones(2, dtype=torch.float64)}
+    a.craft(1, {0: u, 1: u}, {2: u})
+    assert a.boosts == [pytest.approx(100 / 40)] * 2
+    assert "participants' sample counts (FedAvg weights)" in a.threat_model().knowledge
+
+
+def test_bundled_krum_scenarios_stay_within_krum_tolerance():
+    """Krum (Blanchard et al. 2017) tolerates f attackers among n > 2f + 2: a bundled variant
+    that runs Krum with fewer declared f than attackers would measure something outside the
+    rule's guarantee. Only the sweep crosses it on purpose (its description says so)."""
+    from privlab.scenario import variant_scenario
+
+    for path in sorted(Path(__file__).parents[1].joinpath("scenarios").glob("*.toml")):
+        scenario = load_scenario(str(path))
+        for i, variant in enumerate(scenario.variant_list()):
+            vs = variant_scenario(scenario, variant, i)
+            krums = [d for d in [*vs.defenses, *variant.defenses] if "krum" in d.name]
+            if not krums or not vs.attacks:
+                continue
+            n = vs.partition.num_clients
+            spec = vs.attacks[0]
+            a = attack(spec.name, **spec.params)
+            if not hasattr(a, "count"):
+                continue
+            f = krums[0].params.get("f", 1)
+            if a.count(n) > f:
+                assert "beyond" in scenario.description and "tolerance" in scenario.description, (
+                    path.name,
+                    variant.name,
+                )
 
 
 def test_alie_and_ipm_vectors():
@@ -326,12 +417,26 @@ def test_model_replacement_and_norm_bounding():
 @pytest.mark.slow
 def test_alie_and_ipm_hurt_more_than_gaussian_noise():
     """Baruch et al., Xie et al., Shejwalkar & Houmansadr: crafted updates inside the honest
-    spread hurt Krum and the median more than random noise whose norm is at least as large."""
+    spread hurt Krum and the median more than random noise whose norm is at least as large.
+
+    With 3 of 10 attackers (within Krum's tolerance) ALIE's z_max is only 0.52 (paper form):
+    its update sits near the mean, which on this non-IID data is a better pick for Krum than a
+    single client's update, so ALIE does NOT hurt Krum here (measured: 0.717 against 0.628 for
+    Gaussian noise, clean Krum 0.653); the paper's effect needs more clients or a larger z."""
     v = _run("poisoning_alie_ipm")
+    assert v["alie_krum"]["attacks"]["poison"]["metrics"]["z"] == pytest.approx(0.524401)
     for rule in ("median", "krum"):
         gauss = v[f"gaussian_{rule}"]
         g_norm = gauss["attacks"]["poison"]["metrics"]["crafted_norm_mean"]
-        for atk in ("alie", "ipm", "min_max", "min_sum"):
+        for atk in (
+            ("alie", "ipm", "min_max", "min_sum")
+            if rule == "median"
+            else (
+                "ipm",
+                "min_max",
+                "min_sum",
+            )
+        ):
             crafted = v[f"{atk}_{rule}"]
             assert crafted["attacks"]["poison"]["metrics"]["crafted_norm_mean"] <= g_norm
             assert _acc(crafted) < _acc(gauss), (atk, rule)

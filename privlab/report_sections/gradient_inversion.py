@@ -158,6 +158,7 @@ def visibility_table(results: dict[str, Any]) -> str:
         attempts = as_dict(entry.get("artifacts")).get("attempts") or []
         sources = sorted({str(as_dict(a).get("source")) for a in attempts})
         psnr, ssim = as_number(m.get("psnr")), as_number(m.get("ssim"))
+        prior = as_number(m.get("psnr_baseline"))
         lab = as_number(m.get("label_accuracy"))
         acc = as_number(as_dict(as_dict(v).get("utility")).get("final_accuracy"))
         rows.append(
@@ -167,6 +168,7 @@ def visibility_table(results: dict[str, Any]) -> str:
                 ", ".join(SOURCE_TEXT.get(s, s) for s in sources) or "nothing",
                 "—" if share is None else f"{share:.0%}",
                 "—" if psnr is None else f"{psnr:.1f}",
+                "—" if prior is None else f"{prior:.1f}",
                 "—" if psnr is None or aid not in base else f"{psnr - base[aid]:+.1f}",
                 "—" if ssim is None else f"{ssim:.3f}",
                 "—" if lab is None else f"{lab:.0%}",
@@ -182,6 +184,7 @@ def visibility_table(results: dict[str, Any]) -> str:
             "attack read",
             "aggregate only",
             "PSNR dB",
+            "mean-image PSNR",
             "vs undefended",
             "SSIM",
             "labels",

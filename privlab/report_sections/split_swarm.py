@@ -115,7 +115,11 @@ def split_section(results: dict[str, Any]) -> Section | None:
         row = [escape(name), _fmt(acc) + (_delta(acc, ref_acc) if name != names[0] else "")]
         for aid, key in columns:
             val, base = metric(v, aid, key), metric(ref, aid, key)
-            row.append(_fmt(val) + (_delta(val, base) if name != names[0] else ""))
+            cell = _fmt(val) + (_delta(val, base) if name != names[0] else "")
+            prior = metric(v, aid, f"{key}_baseline")
+            if as_number(prior) is not None:  # the know-nothing score beside the attack's
+                cell += f' <span class="small">(baseline {_fmt(prior)})</span>'
+            row.append(cell)
             if (a := as_number(acc)) is not None and (m := as_number(val)) is not None:
                 xs, ys = series.setdefault(f"{aid} {key}", ([], []))
                 xs.append(a)
@@ -146,8 +150,8 @@ def split_section(results: dict[str, Any]) -> Section | None:
         caption=(
             f"Changes in brackets are against '{escape(names[0])}'. Leak AUC: how well the "
             "attack ranks the minority class first (0.5 = chance). MSE: inversion error on "
-            "the true inputs (lower = more leakage); compare with the mean-guess baseline "
-            "in the attack's metrics."
+            "the true inputs (lower = more leakage). Baselines: AUC of chance, and the score "
+            "of the population mean record as the reconstruction."
         ),
         order=60,
     )

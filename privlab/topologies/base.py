@@ -32,6 +32,7 @@ from privlab.training import LocalTrainer, TrainSettings, evaluate, seeded_gener
 if TYPE_CHECKING:
     from privlab.attacks.base import Attack
     from privlab.data import Dataset
+    from privlab.engine.base import ClientShard, Engine
     from privlab.partition import ClientData
     from privlab.scenario import Scenario
     from privlab.wire import Wire
@@ -107,6 +108,9 @@ class RoundRecord:
     seconds: float
     participants: int
     epsilon: float | None = None
+    critical_path_seconds: float | None = None
+    """Simulated round time (slowest client's train + protect + transfer, then the server),
+    measured apart from the simulation's own wall time `seconds`."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -135,6 +139,8 @@ class TrainingOutcome:
     """Per round, the clients a selecting aggregator kept: {round, participants, selected}."""
     malicious: list[int] = field(default_factory=list)
     """Client ids controlled by attacks (referee-only truth for detection metrics)."""
+    cost: dict[str, Any] = field(default_factory=dict)
+    """Extra keys for the variant's `cost` (the engine that trained the clients, ...)."""
 
 
 @dataclass
@@ -196,6 +202,30 @@ class Topology(ABC):
             return LocalTrainer(model, x, y, self.settings, gen)
         planned = self.spec.rounds * self.spec.local_epochs
         return defense.make_trainer(model, x, y, self.settings, gen, planned_epochs=planned)
+
+    def make_engine(self, shards: list[ClientShard]) -> Engine:
+        """Vectorised where the model allows and no local-training defense keeps per-client
+        state; else the sequential reference (forced by the scenario's `engine`)."""
+        import copy
+
+        from privlab.engine.sequential import SequentialEngine
+        from privlab.engine.vectorised import VectorisedEngine
+
+        ctx = self.ctx
+        defense = ctx.defenses.local_training
+        if defense is not None:
+            planned = self.spec.rounds * self.spec.local_epochs
+
+            def factory(s: ClientShard) -> LocalTrainer:
+                model = copy.deepcopy(ctx.model)
+                return defense.make_trainer(
+                    model, s.x, s.y, self.settings, s.generator, planned_epochs=planned
+                )
+
+            return SequentialEngine(shards, ctx.model, self.settings, factory)
+        if ctx.scenario.engine == "auto" and VectorisedEngine.supports(ctx.model):
+            return VectorisedEngine(shards, ctx.model, self.settings)
+        return SequentialEngine(shards, ctx.model, self.settings)
 
     def record(self, round_: int, model: torch.nn.Module, participants: int) -> RoundRecord:
         acc, loss = evaluate(model, self.ctx.x_test, self.ctx.y_test)
