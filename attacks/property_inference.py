@@ -99,7 +99,7 @@ class RoutePredictions(RefereeGraded):
                 "n_vehicles": len(clients),
                 "n_regions": p.num_regions,
             },
-            {"ci_methods": {"accuracy": "Clopper-Pearson"}},
+            ci_methods={"accuracy": "Clopper-Pearson exact binomial"},
         )
 
 

@@ -69,7 +69,9 @@ def test_route_grade_against_scipy() -> None:
     pred = true.copy()
     pred[:2] = (pred[:2] + 1) % 3  # two wrong
     out = RoutePredictions({k: int(p) for k, p in enumerate(pred)}, params, seed=5)
-    m = out.grade(RefereeTruth({}, np.zeros((1, 1)), np.zeros(1, dtype=np.int64))).metrics
+    graded = out.grade(RefereeTruth({}, np.zeros((1, 1)), np.zeros(1, dtype=np.int64)))
+    m = graded.metrics
+    assert "accuracy" in graded.ci_methods
     assert m["accuracy"] == pytest.approx(7 / 9)
     assert m["accuracy_baseline"] == pytest.approx(max(np.bincount(true)) / 9)
     assert m["accuracy_gain"] == pytest.approx(7 / 9 - m["accuracy_baseline"])
