@@ -89,7 +89,6 @@ def test_set_summary_is_permutation_invariant_mean_std() -> None:
     assert np.allclose(s, np.concatenate([pooled.mean(0), pooled.std(0)]))
 
 
-@pytest.mark.slow
 def test_route_inference_beats_class_prior_undefended() -> None:
     from privlab.runner import ScenarioRun
     from privlab.scenario import load_scenario
