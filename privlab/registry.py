@@ -168,6 +168,11 @@ datasets.register(
     "privlab.data_next_word:load_next_word",
     "synthetic per-user phone typing from a grammar (user vocabularies, styles, PIN canaries)",
 )
+datasets.register(
+    "traffic_signs",
+    "privlab.data_traffic_signs:load_traffic_signs",
+    "synthetic 32x32 RGB sign images per vehicle; each vehicle's region skews mix and conditions",
+)
 models.register(
     "next_word",
     "privlab.models_text:build_next_word",
@@ -318,6 +323,11 @@ attacks.register(
     "activation_inversion",
     "privlab.attacks.split_learning:ActivationInversionAttack",
     "split: server trains an inverse model on auxiliary data to rebuild inputs (He et al. 2019)",
+)
+attacks.register(
+    "route_inference",
+    "privlab.attacks.property_inference:RouteInferenceAttack",
+    "split server infers a vehicle's region from its cut-layer activations (Ganju et al. 2018)",
 )
 attacks.register(
     "unsplit",
