@@ -55,6 +55,7 @@ AttackProgress = Callable[[str, str, int, int], None]
 KNOWN_HARMLESS_WARNINGS = (
     "Full backward hook is firing",  # Opacus hooks on layers whose inputs need no grad
     "Optimal order is the largest alpha",  # RDP order grid edge: the bound is still valid
+    "Optimal order is the smallest alpha",  # the other edge: loose, still an upper bound
     "GDP accounting is experimental",  # privlab labels GDP epsilons as approximate
 )
 

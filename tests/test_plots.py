@@ -301,6 +301,9 @@ def test_run_shows_attack_progress_and_records_the_command(
     assert r.exit_code == 0, r.output
     assert "[plain] attack 1/1 mia_loss" in r.output and "[dp] attacks 1/1 done" in r.output
     data = read_results(tmp_path / "results.json")
-    assert data["invocation"].startswith("privlab run default --set partition.num_clients=4")
+    import shlex
+
+    expected = ["privlab", "run", "default"] + [a for i in tiny_overrides for a in ("--set", i)]
+    assert shlex.split(data["invocation"]) == expected  # the exact command, quoted for a shell
     assert "--out" not in data["invocation"]  # same results wherever they are written
     assert str(markup_escape(data["invocation"])) in (tmp_path / "report.html").read_text()
