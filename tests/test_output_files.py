@@ -237,7 +237,7 @@ def test_kill_9_during_privlab_run(tmp_path: Path) -> None:
         assert got is not None
         if got != OLD:
             data = json.loads(got["results.json"])
-            assert data["scenario"]["name"] == "scenario" and "<html" in got["report.html"]
+            assert data["scenario"]["name"] == "default" and "<html" in got["report.html"]
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert leftovers(folder) == []
 

@@ -38,29 +38,32 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def group_table(variants: dict[str, Any]) -> str:
+    """One row per group and one column per variant: a data set may have many groups (40
+    machines, 1,000 users), a run has few variants, so the table grows down, never wide."""
     utilities = {n: (v.get("utility") or {}) for n, v in variants.items()}
     groups = sorted({g for u in utilities.values() for g in (u.get("per_group_accuracy") or {})})
     if not groups:
         return ""
     first = next(iter(utilities.values()))
-    rows = []
-    for name, u in utilities.items():
-        acc, ci = u.get("per_group_accuracy") or {}, u.get("per_group_accuracy_ci") or {}
-        ref = first.get("per_group_accuracy") or {}
-        cells = [escape(name)]
-        for g in groups:
-            change = _delta(acc.get(g), ref.get(g)) if u is not first else ""
-            cells.append(f"{_fmt(acc.get(g))}{_ci(ci.get(g))}{change}")
-        cells.append(f"{_fmt(u.get('group_accuracy_gap'))}{_ci(u.get('group_accuracy_gap_ci'))}")
-        rows.append(cells)
+    ref = first.get("per_group_accuracy") or {}
     n = first.get("per_group_n") or {}
     base = first.get("per_group_accuracy_baseline") or {}
-    head = [
-        "variant",
-        *[f"{g} (n={n.get(g, '?')}, prior {_fmt(base.get(g))})" for g in groups],
-        "gap (best - worst)",
-    ]
-    return _table(head, rows)
+    rows = []
+    for g in groups:
+        cells = [escape(f"{g} (n={n.get(g, '?')}, prior {_fmt(base.get(g))})")]
+        for u in utilities.values():
+            acc, ci = u.get("per_group_accuracy") or {}, u.get("per_group_accuracy_ci") or {}
+            change = _delta(acc.get(g), ref.get(g)) if u is not first else ""
+            cells.append(f"{_fmt(acc.get(g))}{_ci(ci.get(g))}{change}")
+        rows.append(cells)
+    rows.append(
+        ["gap (best - worst)"]
+        + [
+            f"{_fmt(u.get('group_accuracy_gap'))}{_ci(u.get('group_accuracy_gap_ci'))}"
+            for u in utilities.values()
+        ]
+    )
+    return _table(["group", *utilities], rows)
 
 
 def client_table(variants: dict[str, Any]) -> str:
@@ -97,7 +100,7 @@ def sections(results: dict[str, Any]) -> list[Section]:
                 "Fairness: accuracy per group",
                 groups,
                 "Test accuracy of each group with its Clopper-Pearson 95% interval and, after "
-                "the first variant, the change against it; the header gives the group's size "
+                "the first variant, the change against it; each row gives the group's size "
                 "and its class-prior baseline. The gap's interval is a bootstrap over records.",
                 order=60,
             )
