@@ -111,9 +111,8 @@ def epsilon_of(
     history: tuple[tuple[float, float, int], ...], delta: float, accountant: str
 ) -> float:
     """Epsilon of an Opacus accountant history (cached: parties often share one history)."""
-    from opacus.accountants import create_accountant
-
     import numpy as np
+    from opacus.accountants import create_accountant
 
     acc = create_accountant(accountant)
     acc.history = list(history)
