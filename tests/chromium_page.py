@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -120,27 +122,46 @@ def browser() -> Iterator[str]:
     exe = chromium()
     if exe is None:
         raise RuntimeError("chromium not found")
-    with tempfile.TemporaryDirectory(prefix="privlab-chromium-") as profile:
-        proc = subprocess.Popen(
-            [exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    profile = tempfile.mkdtemp(prefix="privlab-chromium-")
+    # Its own session, so the helper processes (renderer, crashpad, ...) end with it: they
+    # write into the profile folder and would race its removal.
+    proc = subprocess.Popen(
+        [exe, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or len(port_file.read_text().split()) < 2:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("chromium did not open its DevTools port")
+            time.sleep(0.05)
+        port = port_file.read_text().split()[0]
+        yield port
+    finally:
+        _end_session(proc)
+        for _ in range(20):  # late writes by exiting helpers: retry, then give up quietly
+            shutil.rmtree(profile, ignore_errors=True)
+            if not Path(profile).exists():
+                break
+            time.sleep(0.1)
+
+
+def _end_session(proc: subprocess.Popen) -> None:
+    """Terminate chromium and every process of its session, then reap the main one."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
         try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + 30
-            while not port_file.exists() or len(port_file.read_text().split()) < 2:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("chromium did not open its DevTools port")
-                time.sleep(0.05)
-            port = port_file.read_text().split()[0]
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            proc.wait(10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # helpers that outlived the main process
 
 
 def _page_ws(port: str) -> str:
