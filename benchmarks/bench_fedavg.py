@@ -11,51 +11,14 @@ updates and evaluates on the test set. The ratio privlab / plain is the engine's
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 
 import torch
-from torch.nn import functional as F
+from run_all import plain_fedavg  # the one reference loop, shared with the benchmark table
 
-from privlab.models import build_model
 from privlab.runner import ScenarioRun
 from privlab.scenario import load_scenario
-
-
-def plain_fedavg(run: ScenarioRun) -> float:
-    """The reference: a hand-written FedAvg loop, no privlab machinery. Returns accuracy."""
-    _, s, _, _, data, clients = run.variants[0]
-    spec = s.topology
-    torch.manual_seed(s.seed)
-    model = build_model(s.model, data.input_shape, data.num_classes)
-    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
-    x_test, y_test = torch.as_tensor(data.x_test), torch.as_tensor(data.y_test)
-    shards = [(x[torch.as_tensor(c.train_idx)], y[torch.as_tensor(c.train_idx)]) for c in clients]
-    local = copy.deepcopy(model)
-    opt = torch.optim.SGD(local.parameters(), lr=spec.lr)
-    gen = torch.Generator().manual_seed(s.seed)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    acc = 0.0
-    for _ in range(spec.rounds):
-        total = sum(len(cy) for _, cy in shards)
-        new = {k: torch.zeros_like(v) for k, v in state.items()}
-        for cx, cy in shards:
-            local.load_state_dict(state)
-            for _ in range(spec.local_epochs):
-                order = torch.randperm(len(cy), generator=gen)
-                for i in range(0, len(cy), spec.batch_size):
-                    idx = order[i : i + spec.batch_size]
-                    opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(local(cx[idx]), cy[idx]).backward()
-                    opt.step()
-            for k, v in local.state_dict().items():
-                new[k] += (len(cy) / total) * (v - state[k])
-        state = {k: state[k] + new[k] for k in state}
-        model.load_state_dict(state)
-        with torch.no_grad():
-            acc = (model(x_test).argmax(1) == y_test).float().mean().item()
-    return acc
 
 
 def privlab_fedavg(run: ScenarioRun) -> float:

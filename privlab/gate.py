@@ -172,8 +172,6 @@ def make_entries(
         for path in paths:
             known = known_direction(path)
             chosen, relative = known if known else (direction or "two_sided", False)
-            if direction is not None and known is None:
-                chosen = direction
             value = _number(lookup(v, path))
             if value is not None:
                 entries.append(BaselineEntry(name, path, value, chosen, tolerance, relative))
