@@ -102,7 +102,8 @@ def register(app: typer.Typer) -> None:
 
         if tolerance is not None and not 0 <= tolerance < float("inf"):
             raise ScenarioError(f"--tolerance: expected a finite number >= 0, got {tolerance}")
-        base = read_baseline(baseline, 0.02 if tolerance is None else tolerance) if baseline is not None else None
+        default_tolerance = 0.02 if tolerance is None else tolerance
+        base = read_baseline(baseline, default_tolerance) if baseline is not None else None
         if _is_results_file(target):
             if set_ or seed is not None:
                 raise ScenarioError("--set/--seed: only apply when check runs a scenario")
