@@ -45,12 +45,17 @@ def clopper_pearson(k: int, n: int) -> list[float]:
 
 
 def gap_interval(hits: list[np.ndarray], seed: int = 0) -> list[float]:
-    """Bootstrap 95% interval of max - min accuracy, resampling records within each part."""
+    """Bootstrap 95% interval of max - min accuracy, resampling records within each part.
+
+    Resampling n records with replacement from a part with k hits gives Binomial(n, k/n)
+    hits, exactly; so each part's resampled accuracies are drawn at once as binomials instead
+    of BOOTSTRAP index draws per part (the same distribution, at 10,000 clients in
+    milliseconds)."""
     rng = np.random.default_rng([seed, 59])
-    gaps = np.empty(BOOTSTRAP)
-    for b in range(BOOTSTRAP):
-        accs = [h[rng.integers(0, len(h), len(h))].mean() for h in hits]
-        gaps[b] = max(accs) - min(accs)
+    n = np.array([len(h) for h in hits])
+    p = np.array([h.mean() for h in hits])
+    accs = rng.binomial(n, p, size=(BOOTSTRAP, len(hits))) / n
+    gaps = accs.max(axis=1) - accs.min(axis=1)
     lo, hi = np.percentile(gaps, [2.5, 97.5])
     return [round(float(lo), 6), round(float(hi), 6)]
 
@@ -63,12 +68,16 @@ def fairness_metrics(
 ) -> dict[str, Any]:
     """The utility keys above (and `class_names` when the data names its classes)."""
     out: dict[str, Any] = {}
-    client_hits = {}
-    for c in clients:
-        idx = torch.as_tensor(c.holdout_idx)
-        client_hits[str(c.client_id)] = correct(
-            model, tensors["x_train"][idx], tensors["y_train"][idx]
-        )
+    # One forward pass over every client's held-out records, then split per client.
+    sizes = [len(c.holdout_idx) for c in clients]
+    idx = torch.as_tensor(
+        np.concatenate([np.asarray(c.holdout_idx, dtype=np.int64) for c in clients] or [[]])
+    ).long()
+    all_hits = correct(model, tensors["x_train"][idx], tensors["y_train"][idx])
+    bounds = np.cumsum([0, *sizes])
+    client_hits = {
+        str(c.client_id): all_hits[bounds[i] : bounds[i + 1]] for i, c in enumerate(clients)
+    }
     scored = {k: h for k, h in client_hits.items() if len(h)}
     out["per_client_accuracy"] = {k: round(float(h.mean()), 6) for k, h in scored.items()}
     if len(scored) >= 2:

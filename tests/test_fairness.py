@@ -105,3 +105,17 @@ def _dp_variant() -> dict:
     scenario = privlab.api._scenario("fairness_dp", None, None)
     spec = next(v for v in scenario.variants if v.name == "dp_sgd_eps1")
     return spec.model_dump(mode="json")
+
+
+def test_gap_interval_matches_an_index_resampling_bootstrap() -> None:
+    """The binomial shortcut against the textbook bootstrap (resample each part's records
+    with replacement, take max - min of the parts' means), 4,000 draws of the latter."""
+    rng = np.random.default_rng(3)
+    parts = [rng.random(n) < p for n, p in ((40, 0.9), (25, 0.6), (60, 0.75))]
+    gaps = []
+    for _ in range(4000):
+        accs = [h[rng.integers(0, len(h), len(h))].mean() for h in parts]
+        gaps.append(max(accs) - min(accs))
+    lo, hi = np.percentile(gaps, [2.5, 97.5])
+    ci = gap_interval(parts)
+    assert abs(ci[0] - lo) < 0.04 and abs(ci[1] - hi) < 0.04
