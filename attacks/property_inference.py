@@ -18,7 +18,9 @@ a random stream of its own, never the vehicles' records). It simulates `shadow_v
 vehicles per region, passes their images through the bottom model the target vehicle started
 its turn with, and trains a logistic-regression meta-classifier on the shadow summaries. Graded
 by the referee against the true regions: accuracy with its class-prior baseline (the majority
-region's share among the target vehicles) and a Clopper-Pearson 95% interval.
+region's share among the target vehicles) and a Clopper-Pearson 95% interval. With server
+pretraining (`topology.params.pretrain`) the first vehicle's bottom is the server's own base
+model. `adaptive = true`: the shadow activations get the variant's activation noise too.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from privlab.attacks.base import (
     RefereeTruth,
     ThreatModel,
 )
+from privlab.attacks.split_common import adversary_seed
+from privlab.attacks.split_inversion import defense_noise_sigma
 from privlab.errors import PrivlabError, ScenarioError
 from privlab.wire import SERVER, Message
 
@@ -112,6 +116,9 @@ class RouteInferenceParams(BaseModel):
     statistics: Literal["mean_std", "mean"] = "mean_std"
     """Set summary: per-feature mean and std, or the mean only (zero-mean activation noise
     leaves the mean unbiased but inflates the std the shadow vehicles never saw)."""
+    adaptive: bool = False
+    """Kerckhoffs: pass the shadow activations through the variant's activation noise (same
+    sigma, from the public recipe) before summarising them."""
 
 
 class RouteInferenceAttack(Attack):
@@ -127,14 +134,13 @@ class RouteInferenceAttack(Attack):
         self.bottoms: dict[int, tuple[int, dict[str, torch.Tensor]]] = {}
 
     def threat_model(self) -> ThreatModel:
-        return ThreatModel(
-            adversary="cut_layer",
-            party=SERVER,
-            knowledge=(
-                "auxiliary labelled images from each region (public class mix and conditions)",
-                "bottom weights relayed by server",
-            ),
+        knowledge = (
+            "auxiliary labelled images from each region (public class mix and conditions)",
+            "bottom weights relayed by server (with pretraining: the base model it trained)",
         )
+        if self.params.adaptive:
+            knowledge += ("the variant's defense and its parameters (public recipe)",)
+        return ThreatModel(adversary="cut_layer", party=SERVER, knowledge=knowledge)
 
     def check_setting(self, scenario, input_shape, num_classes) -> None:  # type: ignore[no-untyped-def]
         from privlab.topologies.split import split_params
@@ -185,11 +191,18 @@ class RouteInferenceAttack(Attack):
         bottom, _, _ = cut_model(view.model_factory(), split_params(view.recipe))
         predicted: dict[int, int] = {}
         std = self.params.statistics == "mean_std"
+        sigma = defense_noise_sigma(view) if self.params.adaptive else 0.0
+        gen = torch.Generator().manual_seed(adversary_seed(view.recipe.seed, "route_noise"))
+
+        def observed(x: torch.Tensor) -> torch.Tensor:
+            z = bottom(x)
+            return z + sigma * torch.randn(z.shape, generator=gen) if sigma > 0 else z
+
         for k, z in sorted(targets.items()):
             state = self.bottoms[k][1]
             bottom.load_state_dict({n: v for n, v in state.items() if n in bottom.state_dict()})
             with torch.no_grad():
-                feats = np.stack([set_summary(bottom(x), std) for x in shadow_x])
+                feats = np.stack([set_summary(observed(x), std) for x in shadow_x])
             meta = make_pipeline(
                 StandardScaler(), LogisticRegression(C=self.params.C, max_iter=1000)
             )

@@ -136,6 +136,13 @@ def _check_target_parties(attacks: list[Attack], num_clients: int) -> None:
                 )
 
 
+def public_side_information(dataset: Dataset) -> dict[str, PopulationData]:
+    """The dataset's public records, if it has any: every party holds them."""
+    if dataset.x_public is None or dataset.y_public is None:
+        return {}
+    return {"public": PopulationData(x=dataset.x_public, y=dataset.y_public)}
+
+
 def make_query(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
     """Black-box access to the released model: class probabilities only."""
 
@@ -355,6 +362,7 @@ class ScenarioRun:
                 side_information={
                     "mean_train_loss": train_loss,
                     "client_num_samples": {c.client_id: len(c.train_idx) for c in clients},
+                    **public_side_information(dataset),
                 },
                 population=PopulationData(x=dataset.x_test, y=dataset.y_test),
                 defenses=tuple(d.spec for d in defenses.all()),
