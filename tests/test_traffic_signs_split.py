@@ -131,6 +131,7 @@ def test_pretrain_is_deterministic_and_learns_the_public_task() -> None:
 
 SMALL = [
     "data.params={num_vehicles=6, num_regions=3, images_per_vehicle=80, public_images=300}",
+    "partition.num_clients=6",
     "topology.rounds=3",
     "expectations=[]",
     'variants=[{name="no_defense"},'
