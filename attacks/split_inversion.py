@@ -152,6 +152,13 @@ def train_decoder(
     return mlp
 
 
+def _has_public(scenario) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the scenario's dataset carries public records (known loaders: traffic_signs)."""
+    if scenario.data.name == "traffic_signs":
+        return int(scenario.data.params.get("public_images", 0)) > 0
+    return True  # a plug-in dataset may carry them: checked again when the attack runs
+
+
 class ActivationInversionAttack(Attack):
     """Inverse-model reconstruction of client inputs from activations (He et al. 2019)."""
 
@@ -179,6 +186,11 @@ class ActivationInversionAttack(Attack):
     def check_setting(self, scenario, input_shape, num_classes) -> None:  # type: ignore[no-untyped-def]
         from privlab.topologies.split import split_params
 
+        if self.params.aux == "public" and not _has_public(scenario):
+            raise ScenarioError(
+                f"{self.field}.params.aux: 'public' needs public records in the dataset "
+                "(traffic_signs: set data.params.public_images > 0)"
+            )
         if scenario.topology.name != "split":
             return
         if split_params(scenario).handoff != "server" or scenario.partition.num_clients < 2:

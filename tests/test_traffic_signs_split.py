@@ -130,7 +130,7 @@ def test_pretrain_is_deterministic_and_learns_the_public_task() -> None:
 
 
 SMALL = [
-    "data.params={num_vehicles=6, num_regions=3, images_per_vehicle=80, public_images=300}",
+    "data.params={num_vehicles=6, num_regions=3, images_per_vehicle=160, public_images=300}",
     "partition.num_clients=6",
     "topology.rounds=3",
     "expectations=[]",
@@ -181,3 +181,31 @@ def test_pretraining_improves_accuracy(small_run: dict) -> None:
     without = small_run["no_pretrain"]["utility"]["final_accuracy"]
     assert with_pre > without, (with_pre, without)
     assert small_run["no_defense"]["topology"]["pretrain"]["public_records"] == 300
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("data.params={num_vehicles=12}", r"topology\.params\.pretrain"),
+        (
+            'attacks=[{name="activation_inversion", params={aux="public"}}]',
+            r"attacks\.0\.params\.aux",
+        ),
+        (
+            "topology.params={mode='vanilla', cut_layer=4, handoff='server'}",
+            r"attacks\.0\.name: 'label_inference'",
+        ),
+    ],
+)
+def test_bad_settings_are_one_line_scenario_errors(override: str, field: str) -> None:
+    from privlab.runner import ScenarioRun
+    from privlab.scenario import load_scenario
+
+    extra = [] if "attacks" in override else ["attacks=[]"]
+    if "vanilla" in override:
+        extra = ["attacks=[{name='label_inference'}]"]
+    if "aux" in override:  # no public records, and no pretraining that would need them
+        top = "topology.params={mode='u_shaped', cut_layer=4, handoff='server'}"
+        extra = ["data.params={num_vehicles=12}", top]
+    with pytest.raises(ScenarioError, match=field):
+        ScenarioRun(load_scenario("traffic_signs_split", [*extra, override, "expectations=[]"]))

@@ -99,7 +99,15 @@ class SplitTopology(Topology):
         """Validate topology.params and the cut against the model before any training."""
         from privlab.models import build_model
 
-        cut_model(build_model(scenario.model, input_shape, num_classes), split_params(scenario))
+        p = split_params(scenario)
+        cut_model(build_model(scenario.model, input_shape, num_classes), p)
+        data = scenario.data
+        pre = p.pretrain is not None and p.pretrain.epochs > 0
+        if pre and data.name == "traffic_signs" and int(data.params.get("public_images", 0)) <= 0:
+            raise ScenarioError(
+                "topology.params.pretrain: needs public records in the dataset: set "
+                "data.params.public_images > 0"
+            )
 
     def __init__(self, ctx: TopologyContext) -> None:
         super().__init__(ctx)
