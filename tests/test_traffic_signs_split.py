@@ -209,3 +209,18 @@ def test_bad_settings_are_one_line_scenario_errors(override: str, field: str) ->
         extra = ["data.params={num_vehicles=12}", top]
     with pytest.raises(ScenarioError, match=field):
         ScenarioRun(load_scenario("traffic_signs_split", [*extra, override, "expectations=[]"]))
+
+
+def test_report_states_multi_class_label_inference_as_accuracy() -> None:
+    from privlab.grading import grade
+    from privlab.report_verdict import attack_sentence, headline
+
+    entry = {
+        "family": "label_leakage",
+        "metrics": {"accuracy": 0.83, "accuracy_baseline": 0.18},
+        "threat_model": {"adversary": "cut_layer", "party": "server"},
+    }
+    g = grade("label_leakage", entry["metrics"])
+    assert g.value is None  # no AUC: not graded by the two-class rule
+    assert headline(entry, g) == ("label accuracy", "0.830 (prior 0.180)")
+    assert "accuracy 0.830 (class prior 0.180)" in attack_sentence(entry, g, 0.9)
