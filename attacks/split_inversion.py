@@ -23,7 +23,6 @@ noise makes it worse, an adaptive decoder recovers part of the loss.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import defaultdict
 from typing import Literal
@@ -39,6 +38,7 @@ from privlab.attacks.split_common import (
     Reconstructions,
     adversary_rng,
     adversary_seed,
+    digest,
     population_prior,
 )
 from privlab.attacks.split_common import client_id as _client_id
@@ -87,22 +87,12 @@ def conv_decoder(z_shape: tuple[int, ...], x_shape: tuple[int, ...], width: int)
 _DECODERS: dict[str, nn.Module] = {}
 
 
-def _digest(*parts: object) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, torch.Tensor):
-            h.update(part.detach().contiguous().numpy().tobytes())
-        else:
-            h.update(repr(part).encode())
-    return h.hexdigest()
-
-
 def cached_decoder(
     z: torch.Tensor, x: torch.Tensor, p: InversionParams, sigma: float, seed: int
 ) -> nn.Module:
     """`train_decoder` under the adversary's seed, kept for an identical request (the naive and
     the adaptive attack train the same decoder where the variant adds no activation noise)."""
-    key = _digest(z, x, p.model_dump(exclude={"adaptive", "max_examples", "aux"}), sigma, seed)
+    key = digest(z, x, p.model_dump(exclude={"adaptive", "max_examples", "aux"}), sigma, seed)
     if key not in _DECODERS:
         gen = torch.Generator().manual_seed(adversary_seed(seed, "inverse_batches"))
         with adversary_rng(seed, "inverse_model"):
