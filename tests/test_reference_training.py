@@ -1,0 +1,109 @@
+"""The reference-model lane trainers agree: vectorised and stacked equal the sequential path
+(one LocalTrainer per lane in turn) to floating-point rounding, on shuffled mini-batches with
+momentum, weight decay, FedProx, several lanes, client sampling, a server learning rate and a
+client-side update transform; a model's result does not depend on its group or on where the
+groups run."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from privlab import fanout
+from privlab.reference_models import ReferenceJob, subset_masks, train_reference_models
+from privlab.reference_training import Lanes, pick_trainer, train_group
+from privlab.stacked_dp import PrivateRecipe
+from privlab.training import TrainSettings
+
+
+def _mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    )
+
+
+def _scale(update: dict, generator: torch.Generator, factor: float) -> dict:
+    """A client-side transform that uses its generator (noise) and the update itself."""
+    return {
+        k: factor * v + 0.01 * torch.randn(v.shape, generator=generator) for k, v in update.items()
+    }
+
+
+def _job(**kw) -> ReferenceJob:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(90, 1, 6)).astype(np.float32)
+    y = (x[:, 0, 0] > 0).astype(np.int64) + (x[:, 0, 1] > 1)
+    common = dict(
+        x=x,
+        y=y,
+        masks=subset_masks(90, 5, 44, rng),
+        settings=TrainSettings(batch_size=5, lr=0.1, local_epochs=2, momentum=0.9,
+                               weight_decay=1e-3, fedprox_mu=0.1),
+        rounds=3,
+        num_clients=4,
+        server_lr=0.8,
+        client_fraction=0.5,
+        model_key="mlp",
+        seed=3,
+        update_transforms=(functools.partial(_scale, factor=0.9),),
+    )  # fmt: skip
+    common.update(kw)
+    return ReferenceJob(**common)
+
+
+@pytest.mark.parametrize("trainer", ["vectorised", "stacked"])
+def test_batched_trainers_equal_the_sequential_path(trainer: str) -> None:
+    """44 records over 4 lanes of 11: batches of 5 leave a short last batch in every epoch."""
+    seq, _ = train_reference_models(_job(trainer="sequential"), _mlp, use_cache=False)
+    fast, _ = train_reference_models(_job(trainer=trainer), _mlp, use_cache=False)
+    assert Lanes(_job(trainer=trainer), _mlp, [0]).trainer == trainer
+    for k in seq.params:
+        assert torch.allclose(fast.params[k], seq.params[k], atol=1e-5), k
+    plain, _ = train_reference_models(
+        _job(trainer=trainer, update_transforms=()), _mlp, use_cache=False
+    )
+    assert not torch.allclose(plain.params["3.bias"], seq.params["3.bias"], atol=1e-3)
+
+
+def test_central_recipe_without_sampling_matches_too() -> None:
+    kw = dict(num_clients=1, server_lr=1.0, client_fraction=1.0, update_transforms=())
+    seq, _ = train_reference_models(_job(trainer="sequential", **kw), _mlp, use_cache=False)
+    vec, _ = train_reference_models(_job(trainer="auto", **kw), _mlp, use_cache=False)
+    for k in seq.params:
+        assert torch.allclose(vec.params[k], seq.params[k], atol=1e-5), k
+
+
+def test_a_model_does_not_depend_on_its_group() -> None:
+    job = _job(trainer="vectorised")
+    together = train_group(job, _mlp, [0, 1, 2, 3, 4])
+    alone = train_group(job, _mlp, [3])
+    for k in together:
+        assert torch.allclose(together[k][3], alone[k][0], atol=1e-6), k
+
+
+def test_auto_picks_vectorised_only_without_dp_and_for_linear_stacks() -> None:
+    conv = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    assert pick_trainer(_job(), _mlp()) == "vectorised"
+    assert pick_trainer(_job(), conv) == "stacked"
+    dp = _job(dp=PrivateRecipe(1.0, 1.0, 0.2))
+    assert pick_trainer(dp, _mlp()) == "stacked"  # DP-SGD is never dropped
+    assert pick_trainer(_job(trainer="sequential", dp=dp.dp), _mlp()) == "stacked"
+
+
+def test_worker_processes_give_the_serial_result() -> None:
+    """12 models: two groups, one per worker process."""
+    rng = np.random.default_rng(5)
+    job = _job(masks=subset_masks(90, 12, 44, rng))
+    serial, _ = train_reference_models(job, _mlp, use_cache=False)
+    pool = fanout.Processes(2)
+    try:
+        with fanout.using(pool):
+            spread, _ = train_reference_models(job, _mlp, use_cache=False)
+        assert pool._pool is not None  # the groups really went to worker processes
+    finally:
+        pool.close()
+    for k in serial.params:
+        assert torch.equal(serial.params[k], spread.params[k]), k
