@@ -84,13 +84,12 @@ def _picklable(fn: Unit, args: Sequence[tuple[Any, ...]]) -> bool:
     return True
 
 
-Fanout = Serial | Processes
-_current: ContextVar[Any] = ContextVar("privlab_fanout", default=Serial())
+_current: ContextVar[Any] = ContextVar("privlab_fanout", default=None)
 
 
 def current() -> Any:
     """Where reference-model groups run now (Serial unless a run set it)."""
-    return _current.get()
+    return _current.get() or Serial()
 
 
 @contextlib.contextmanager

@@ -8,8 +8,9 @@ matrix products for Flatten-Linear-activation models, else stacked parameters un
 functional_call; `trainer = "sequential"` trains one lane after another (the reference path,
 equal to the others to floating-point rounding). Every model's randomness (initial weights,
 lane split, client sampling, batch order; DP-SGD's batches and noise: its group's) comes from
-its own index, so groups are independent units of work: they run one after another, over local worker processes or as Ray tasks
-(privlab.fanout) with the same result. Every model's subset has the same size.
+its own index, so groups are independent units of work: they run one after another, over local
+worker processes or as Ray tasks (privlab.fanout) with the same result. Every model's subset
+has the same size.
 Training-time defenses are mirrored as the recipe states them: DP-SGD (`dp`: per-sample
 clipping and noise on Poisson batches, privlab.stacked_dp), FedProx's proximal step, and the
 client-side update transforms (clipping, noise, pruning: `update_transforms`, applied to each

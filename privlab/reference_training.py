@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from privlab.engine.base import ClientShard
 from privlab.engine.vectorised import VectorisedEngine, linear_stack
 from privlab.stacked_dp import per_sample_grads, poisson_batches, private_gradients
-from privlab.training import LocalTrainer, State, TrainSettings, seeded_generator
+from privlab.training import LocalTrainer, State, seeded_generator
 
 if TYPE_CHECKING:
     from privlab.reference_models import ReferenceJob
