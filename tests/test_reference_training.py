@@ -68,8 +68,12 @@ def test_batched_trainers_equal_the_sequential_path(trainer: str) -> None:
     assert not torch.allclose(plain.params["3.bias"], seq.params["3.bias"], atol=1e-3)
 
 
-def test_central_recipe_without_sampling_matches_too() -> None:
+@pytest.mark.parametrize("plain", [False, True])
+def test_central_recipe_without_sampling_matches_too(plain: bool) -> None:
+    """`plain`: SGD without momentum or weight decay, the vectorised engine's fused step."""
     kw = dict(num_clients=1, server_lr=1.0, client_fraction=1.0, update_transforms=())
+    if plain:
+        kw["settings"] = TrainSettings(batch_size=6, lr=0.2, local_epochs=3)
     seq, _ = train_reference_models(_job(trainer="sequential", **kw), _mlp, use_cache=False)
     vec, _ = train_reference_models(_job(trainer="auto", **kw), _mlp, use_cache=False)
     for k in seq.params:
