@@ -8,11 +8,13 @@ its own: its records, its own generator (seeded by the model's and lane's index,
 result does not depend on which group it trains in), and it shuffles each epoch with
 torch.randperm, as `LocalTrainer` does. Three lane trainers run the local epochs:
 - `vectorised`: all lanes as one batched computation (privlab.engine.vectorised, per-lane
-  starts), for Flatten-Linear-activation models without DP-SGD;
-- `stacked`: stacked parameters and one vmapped functional_call (any architecture; the only
-  one that runs DP-SGD, privlab.stacked_dp, on Poisson batches from the group's generator);
+  starts), for Flatten-Linear-activation models;
+- `stacked`: stacked parameters and one vmapped functional_call (any architecture);
 - `sequential`: one `LocalTrainer` rebound to each lane in turn (the reference path).
 Without DP the three agree to floating-point rounding (tests/test_reference_training.py).
+DP-SGD (privlab.stacked_dp: Poisson batches and noise from the group's generator, per-sample
+clipping as Opacus does) runs in the stacked trainer, or with the vectorised one's per-sample
+gradients written out for Linear stacks (the same batches and noise: equal to rounding).
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from torch.nn import functional as F
 
 from privlab.engine.base import ClientShard
 from privlab.engine.vectorised import VectorisedEngine, linear_stack
-from privlab.stacked_dp import per_sample_grads, poisson_batches, private_gradients
+from privlab.stacked_dp import (
+    linear_per_sample_grads,
+    per_sample_grads,
+    poisson_batches,
+    private_gradients,
+)
 from privlab.training import LocalTrainer, State, seeded_generator
 
 if TYPE_CHECKING:
@@ -61,16 +68,14 @@ def lane_members(mask: np.ndarray, num_clients: int, seed: int, row: int) -> np.
 
 
 def pick_trainer(job: ReferenceJob, model: nn.Module) -> str:
-    """'auto': vectorised where the engine can run the model and no DP-SGD is mirrored."""
-    if job.trainer != "auto":
-        if job.dp is not None and job.trainer != "stacked":
-            return "stacked"  # DP-SGD's per-sample clipping runs in the stacked trainer only
-        if job.trainer == "vectorised" and linear_stack(model) is None:
-            return "stacked"
-        return job.trainer
-    if job.dp is None and linear_stack(model) is not None:
-        return "vectorised"
-    return "stacked"
+    """'auto': vectorised where the model is a Linear stack, else stacked. DP-SGD (Poisson
+    batches, per-sample clipping, noise) runs in the stacked and vectorised trainers only."""
+    linear = linear_stack(model) is not None
+    if job.trainer == "sequential" and job.dp is not None:
+        return "stacked"  # LocalTrainer steps plainly: the vmapped autograd path is the reference
+    if job.trainer in ("auto", "vectorised"):
+        return "vectorised" if linear else "stacked"
+    return job.trainer
 
 
 class Lanes:
@@ -88,14 +93,16 @@ class Lanes:
         self.gens = [seeded_generator(job.seed, lane, 37) for lane in self.lane_ids]
         self.group_gen = seeded_generator(job.seed, 37, rows[0])  # DP-SGD's batches and noise
         self.base = model_factory().to("meta")
-        self.trainer = pick_trainer(job, model_factory())
+        model = model_factory()
+        self.trainer = pick_trainer(job, model)
+        self.arch = linear_stack(model)
         self._engine: VectorisedEngine | None = None
         self._worker: LocalTrainer | None = None
 
     def train(self, starts: Tensors, lanes: list[int]) -> Tensors:
         """Lanes `lanes` (positions in the group) trained from `starts` (stacked, one row
         each) for the local epochs -> their trained parameters, stacked likewise."""
-        if self.trainer == "vectorised":
+        if self.trainer == "vectorised" and self.job.dp is None:
             return self._vectorised(starts, lanes)
         if self.trainer == "sequential":
             return self._sequential(starts, lanes)
@@ -175,7 +182,11 @@ class Lanes:
         expected = max(1, round(dp.sample_rate * size))
         for _ in range(self.job.settings.steps_per_epoch(size)):
             idx, weight = poisson_batches(members, dp.sample_rate, self.group_gen)
-            grads = per_sample_grads(self.base, params, {}, self.x[idx], self.y[idx])
+            if self.trainer == "vectorised":
+                ops = self.arch.ops
+                grads = linear_per_sample_grads(ops, params, self.x[idx], self.y[idx])
+            else:
+                grads = per_sample_grads(self.base, params, {}, self.x[idx], self.y[idx])
             private = private_gradients(
                 grads,
                 weight,

@@ -47,6 +47,45 @@ def per_sample_grads(
     return vmap(per_record, in_dims=(0, 0, 0, 0))(detached, buffers, x, y)
 
 
+def linear_per_sample_grads(
+    ops: tuple[tuple[str, str], ...], params: Tensors, x: torch.Tensor, y: torch.Tensor
+) -> Tensors:
+    """`per_sample_grads` for a Linear stack (privlab.engine.vectorised.LinearStack's ops),
+    written out: one record's cross-entropy gradient at the logits is softmax - onehot, a
+    Linear layer's weight gradient is its outer product with the layer's input, so batched
+    products replace the nested vmap (checked against it in tests/test_reference_training.py)."""
+    m, b = y.shape
+    h = x.reshape(m, b, -1)
+    inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for i, (kind, name) in enumerate(ops):
+            if kind == "linear":
+                inputs[i] = h
+                w, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+                h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+            else:
+                h = outputs[i] = getattr(torch, name)(h)
+        dz = torch.softmax(h, dim=2) - F.one_hot(y, h.shape[2]).to(h.dtype)
+        grads: dict[str, torch.Tensor] = {}
+        for i in reversed(range(len(ops))):
+            kind, name = ops[i]
+            if kind == "act":
+                out = outputs[i]
+                if name == "relu":
+                    dz = dz * (out > 0)
+                elif name == "tanh":
+                    dz = dz * (1 - out * out)
+                else:
+                    dz = dz * out * (1 - out)
+                continue
+            grads[f"{name}.weight"] = torch.einsum("mbo,mbi->mboi", dz, inputs[i])
+            grads[f"{name}.bias"] = dz
+            if i > 0:
+                dz = torch.bmm(dz, params[f"{name}.weight"])
+    return {k: grads[k] for k in params}  # the parameters' order, as the noise is drawn
+
+
 def private_gradients(
     grads: Tensors,
     weight: torch.Tensor,

@@ -88,13 +88,53 @@ def test_a_model_does_not_depend_on_its_group() -> None:
         assert torch.allclose(together[k][3], alone[k][0], atol=1e-6), k
 
 
-def test_auto_picks_vectorised_only_without_dp_and_for_linear_stacks() -> None:
+def test_auto_picks_vectorised_for_linear_stacks_and_never_drops_dp() -> None:
     conv = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
     assert pick_trainer(_job(), _mlp()) == "vectorised"
     assert pick_trainer(_job(), conv) == "stacked"
-    dp = _job(dp=PrivateRecipe(1.0, 1.0, 0.2))
-    assert pick_trainer(dp, _mlp()) == "stacked"  # DP-SGD is never dropped
-    assert pick_trainer(_job(trainer="sequential", dp=dp.dp), _mlp()) == "stacked"
+    dp = PrivateRecipe(1.0, 1.0, 0.2)
+    assert pick_trainer(_job(dp=dp), _mlp()) == "vectorised"
+    assert pick_trainer(_job(trainer="sequential", dp=dp), _mlp()) == "stacked"  # plain steps
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid])
+def test_linear_per_sample_grads_equal_autograd(act) -> None:
+    """The written-out per-record gradients against torch.func's vmap(grad(...))."""
+    from torch.func import stack_module_state
+
+    from privlab.engine.vectorised import linear_stack
+    from privlab.stacked_dp import linear_per_sample_grads, per_sample_grads
+
+    def net() -> torch.nn.Module:
+        return torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(6, 9), act(), torch.nn.Linear(9, 7), act(),
+            torch.nn.Linear(7, 3),
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    models = [net() for _ in range(3)]
+    params, _ = stack_module_state(models)
+    x, y = torch.randn(3, 5, 1, 6), torch.randint(0, 3, (3, 5))
+    arch = linear_stack(models[0])
+    ours = linear_per_sample_grads(arch.ops, params, x, y)
+    ref = per_sample_grads(net().to("meta"), params, {}, x, y)
+    assert list(ours) == list(ref)
+    for k in ref:
+        assert torch.allclose(ours[k], ref[k], atol=1e-6), k
+
+
+def test_dp_vectorised_equals_dp_stacked() -> None:
+    """Same Poisson batches and noise draws; only the per-sample gradients are computed
+    differently (the stacked path's are checked against Opacus in test_reference_dp.py)."""
+    kw = dict(dp=PrivateRecipe(0.8, 0.5, 0.3), update_transforms=())
+    stacked, _ = train_reference_models(_job(trainer="stacked", **kw), _mlp, use_cache=False)
+    vec, _ = train_reference_models(_job(trainer="auto", **kw), _mlp, use_cache=False)
+    plain, _ = train_reference_models(
+        _job(trainer="auto", update_transforms=()), _mlp, use_cache=False
+    )
+    for k in stacked.params:
+        assert torch.allclose(vec.params[k], stacked.params[k], atol=1e-5), k
+    assert not torch.allclose(vec.params["3.bias"], plain.params["3.bias"], atol=1e-3)
 
 
 def test_worker_processes_give_the_serial_result() -> None:
