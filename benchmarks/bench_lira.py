@@ -13,6 +13,8 @@ The ratio to one model says how many single trainings LiRA costs.
 `--recipe mia_lira` is scenarios/mia_lira.toml's FedAvg recipe (MNIST-1D, 4 clients, 20 rounds
 of 5 local epochs): each reference model is a 4-lane FedAvg run on as many records as the
 target's; its "one model" is one central LocalTrainer run of the same epochs on those records.
+`--dp`: the shadows mirror a DP-SGD recipe (eps 8; the sequential trainer then runs the stacked
+one, as DP-SGD needs per-sample gradients).
 
 One torch thread by default: on a shared 2-core machine two threads oversubscribe the cores and
 tiny-batch training slows down many times over (both timings, the single model most).
@@ -53,6 +55,7 @@ RECIPE = [
     "variants=[]",
     "expectations=[]",
 ]
+DP = ComponentSpec(name="dp_sgd", params={"target_epsilon": 8.0, "max_grad_norm": 1.0})
 RECIPES = {"digits": ("default", RECIPE), "mia_lira": ("mia_lira", RECIPE[-3:])}
 
 
@@ -75,6 +78,9 @@ def main() -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="digits")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trainers", default="vectorised,stacked,sequential")
+    parser.add_argument(
+        "--dp", action="store_true", help="shadows mirror a DP-SGD recipe (eps 8; timing only)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -104,6 +110,7 @@ def main() -> None:
         model_factory=factory,
         population=PopulationData(data.x_test, data.y_test),
         side_information={"client_num_samples": sizes} if args.recipe != "digits" else {},
+        defenses=(DP,) if args.dp else (),
     )
     spec = ComponentSpec(
         name="lira",
@@ -124,7 +131,8 @@ def main() -> None:
 
     epochs = scenario.topology.rounds * scenario.topology.local_epochs
     print(
-        f"{args.recipe}, {scenario.topology.name} MLP, {len(y)} training records, {epochs} "
+        f"{args.recipe}{' with DP-SGD shadows' if args.dp else ''}, {scenario.topology.name} "
+        f"MLP, {len(y)} training records, {epochs} "
         f"epochs, torch threads {torch.get_num_threads()}, {args.repeats} repeats (median)"
     )
     print(f"train one model (plain PyTorch loop):      {t_one:7.2f} s")

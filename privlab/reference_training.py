@@ -13,8 +13,9 @@ torch.randperm, as `LocalTrainer` does. Three lane trainers run the local epochs
 - `sequential`: one `LocalTrainer` rebound to each lane in turn (the reference path).
 Without DP the three agree to floating-point rounding (tests/test_reference_training.py).
 DP-SGD (privlab.stacked_dp: Poisson batches and noise from the group's generator, per-sample
-clipping as Opacus does) runs in the stacked trainer, or with the vectorised one's per-sample
-gradients written out for Linear stacks (the same batches and noise: equal to rounding).
+clipping as Opacus does) runs in the stacked trainer, or for Linear stacks with per-record
+norms and clipped sums written out (ghost clipping; the same batches and noise: equal to
+rounding).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 from privlab.engine.base import ClientShard
 from privlab.engine.vectorised import VectorisedEngine, linear_stack
 from privlab.stacked_dp import (
-    linear_per_sample_grads,
+    linear_private_gradients,
     per_sample_grads,
     poisson_batches,
     private_gradients,
@@ -182,19 +183,19 @@ class Lanes:
         expected = max(1, round(dp.sample_rate * size))
         for _ in range(self.job.settings.steps_per_epoch(size)):
             idx, weight = poisson_batches(members, dp.sample_rate, self.group_gen)
-            if self.trainer == "vectorised":
-                ops = self.arch.ops
-                grads = linear_per_sample_grads(ops, params, self.x[idx], self.y[idx])
-            else:
-                grads = per_sample_grads(self.base, params, {}, self.x[idx], self.y[idx])
-            private = private_gradients(
-                grads,
-                weight,
+            how = dict(
                 max_grad_norm=dp.max_grad_norm,
                 noise_multiplier=dp.noise_multiplier,
                 expected_batch_size=expected,
                 generator=self.group_gen,
             )
+            xb, yb = self.x[idx], self.y[idx]
+            if self.trainer == "vectorised":
+                assert self.arch is not None
+                private = linear_private_gradients(self.arch.ops, params, xb, yb, weight, **how)
+            else:
+                grads = per_sample_grads(self.base, params, {}, xb, yb)
+                private = private_gradients(grads, weight, **how)
             for name, p in params.items():
                 p.grad = private[name]
             opt.step()

@@ -98,12 +98,14 @@ def test_auto_picks_vectorised_for_linear_stacks_and_never_drops_dp() -> None:
 
 
 @pytest.mark.parametrize("act", [torch.nn.ReLU, torch.nn.Tanh, torch.nn.Sigmoid])
-def test_linear_per_sample_grads_equal_autograd(act) -> None:
-    """The written-out per-record gradients against torch.func's vmap(grad(...))."""
+def test_ghost_clipping_equals_per_sample_autograd(act) -> None:
+    """Norms and clipped sums written out for a Linear stack against torch.func's
+    vmap(grad(...)) per-record gradients through private_gradients (clipping binding for
+    some records, padding, and the same noise draws)."""
     from torch.func import stack_module_state
 
     from privlab.engine.vectorised import linear_stack
-    from privlab.stacked_dp import linear_per_sample_grads, per_sample_grads
+    from privlab.stacked_dp import linear_private_gradients, per_sample_grads, private_gradients
 
     def net() -> torch.nn.Module:
         return torch.nn.Sequential(
@@ -114,13 +116,22 @@ def test_linear_per_sample_grads_equal_autograd(act) -> None:
     torch.manual_seed(0)
     models = [net() for _ in range(3)]
     params, _ = stack_module_state(models)
-    x, y = torch.randn(3, 5, 1, 6), torch.randint(0, 3, (3, 5))
-    arch = linear_stack(models[0])
-    ours = linear_per_sample_grads(arch.ops, params, x, y)
-    ref = per_sample_grads(net().to("meta"), params, {}, x, y)
-    assert list(ours) == list(ref)
-    for k in ref:
-        assert torch.allclose(ours[k], ref[k], atol=1e-6), k
+    x, y = 3 * torch.randn(3, 5, 1, 6), torch.randint(0, 3, (3, 5))
+    weight = torch.ones(3, 5)
+    weight[1, 3:] = 0
+    grads = per_sample_grads(net().to("meta"), params, {}, x, y)
+    norms = sum(g.reshape(3, 5, -1).pow(2).sum(-1) for g in grads.values()).sqrt()
+    clip = float(norms.median())  # the clip binds for some records only
+    for sigma in (0.0, 1.3):
+        how = dict(max_grad_norm=clip, noise_multiplier=sigma, expected_batch_size=4)
+        ref = private_gradients(grads, weight, generator=torch.Generator().manual_seed(1), **how)
+        ours = linear_private_gradients(
+            linear_stack(models[0]).ops, params, x, y, weight,
+            generator=torch.Generator().manual_seed(1), **how,
+        )  # fmt: skip
+        assert list(ours) == list(ref)
+        for k in ref:
+            assert torch.allclose(ours[k], ref[k], atol=1e-6), (sigma, k)
 
 
 def test_dp_vectorised_equals_dp_stacked() -> None:
