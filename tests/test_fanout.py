@@ -55,3 +55,19 @@ def test_reference_models_over_worker_processes_give_the_serial_results(monkeypa
     assert sent == [2]
     assert strip_timing(spread) == strip_timing(serial)
     assert spread["variants"]["baseline"]["attacks"]["lira"]["metrics"]["auc"] > 0
+
+
+def test_cli_workers_option_reaches_the_run(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from privlab.cli import app
+
+    args = [a for item in tiny_overrides for a in ("--set", item)]
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", *args, "--workers", "2", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["timing"]["workers"] == 2
+    assert "workers" not in results["scenario"]  # where it ran never changes results.json
