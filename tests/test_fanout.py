@@ -25,13 +25,17 @@ def _both(name: str, overrides: list[str]) -> tuple[dict, dict]:
     return serial, spread
 
 
-def test_variants_over_worker_processes_give_the_serial_results(monkeypatch) -> None:
+def test_variants_over_worker_processes_give_the_serial_results(
+    monkeypatch, tiny_overrides: list[str]
+) -> None:
+    """Two variants, one per worker process."""
     sent = []
     real = fanout.Processes.map
     monkeypatch.setattr(
         fanout.Processes, "map", lambda self, fn, args: sent.append(fn) or real(self, fn, args)
     )
-    serial, spread = _both("poisoning_data", ["topology.rounds=2"])
+    two = 'variants=[{name="plain"}, {name="slower", set={"topology.lr"=0.02}}]'
+    serial, spread = _both("default", [*tiny_overrides, two])
     assert sent == [fanout.variant_task] and len(spread["variants"]) > 1
     assert strip_timing(spread) == strip_timing(serial)
 
@@ -64,7 +68,8 @@ def test_cli_workers_option_reaches_the_run(tmp_path: Path, tiny_overrides: list
 
     from privlab.cli import app
 
-    args = [a for item in tiny_overrides for a in ("--set", item)]
+    one = [*tiny_overrides, "variants=[]"]  # one variant, no reference models: no processes
+    args = [a for item in one for a in ("--set", item)]
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["run", *args, "--workers", "2", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
