@@ -14,6 +14,7 @@ import torch
 
 from privlab.attacks.base import AttackResult, FinalView, RefereeGraded, RefereeTruth
 from privlab.errors import PrivlabError
+from privlab.png import png_data_uri
 
 BatchKey = tuple[int, int, int]
 
@@ -101,10 +102,10 @@ class Reconstructions(RefereeGraded):
                 out, how = scored(name, score(clipped), score(guess), unit=unit, seed=self.seed)
                 metrics.update(out)
                 methods.update(how)
-            artifacts["examples"] = {
-                "true": np.round(x_true[:8], 3).tolist(),
-                "reconstructed": np.round(clipped[:8], 3).tolist(),
-                "baseline": np.round(prior, 3).tolist(),
+            artifacts["examples"] = {  # the first 8, as PNG data URIs (privlab.png)
+                "true": [png_data_uri(x) for x in x_true[:8]],
+                "reconstructed": [png_data_uri(x) for x in clipped[:8]],
+                "baseline": png_data_uri(np.clip(prior, 0.0, 1.0)),
             }
         return AttackResult(metrics, artifacts, methods)
 

@@ -13,6 +13,7 @@ from html import escape
 from typing import Any
 
 from privlab import plots
+from privlab.png import PREFIX as PNG_PREFIX
 from privlab.report import Section, as_number
 
 SPLIT_FAMILIES = {"label_leakage": "auc", "input_reconstruction": "mse"}
@@ -45,7 +46,15 @@ def _topology(results: dict[str, Any]) -> str:
 
 
 def _image_svg(image: Any, size: int = 96) -> str:
-    """A (C, H, W) or (H, W) grayscale image in [0, 1] as an inline SVG of grey squares."""
+    """A PNG data URI (privlab.png) as an <img>; or a (C, H, W) or (H, W) image in [0, 1] as
+    given by older results.json files, as an inline SVG of grey squares."""
+    if isinstance(image, str):
+        if not image.startswith(PNG_PREFIX):
+            return ""
+        return (
+            f'<img src="{escape(image)}" width="{size}" height="{size}" alt="" '
+            'style="image-rendering:pixelated">'
+        )
     grid = (
         image[0] if isinstance(image, list) and image and isinstance(image[0][0], list) else image
     )
