@@ -12,6 +12,10 @@ the same way across runs of different sizes:
 - ``backdoor``: backdoor success rate (triggered test inputs classified as the target).
   high >= 0.5, medium >= 0.2, low >= 0.05.
 - ``label_leakage``: AUC of the recovered labels. high >= 0.9, medium >= 0.7, low >= 0.6.
+- ``inference``: attacks that name a class or a property (multi-class label inference,
+  property/route inference), graded by how much of the headroom above the class prior they
+  take: ``(accuracy - prior) / (1 - prior)``, Cohen's kappa against a prior-following guesser
+  (0: no better than the prior, 1: always right). high >= 0.5, medium >= 0.25, low >= 0.1.
 
 Below the low band the grade is ``none``. A run can override any band in its scenario, e.g.
 ``[report.grading.membership] high = 20``; :func:`check_overrides` validates the keys and that
@@ -36,19 +40,28 @@ DEFAULT_BANDS: dict[str, dict[str, float]] = {
     "reconstruction": {"high": 10.0, "medium": 3.0, "low": 1.0},
     "backdoor": {"high": 0.5, "medium": 0.2, "low": 0.05},
     "label_leakage": {"high": 0.9, "medium": 0.7, "low": 0.6},
+    "inference": {"high": 0.5, "medium": 0.25, "low": 0.1},
 }
-UNITS = {"membership": "x", "reconstruction": " dB", "backdoor": "", "label_leakage": ""}
+UNITS = {
+    "membership": "x",
+    "reconstruction": " dB",
+    "backdoor": "",
+    "label_leakage": "",
+    "inference": "",
+}
 WHAT = {
     "membership": "TPR/FPR at low FPR",
     "reconstruction": "PSNR gain over the know-nothing baseline",
     "backdoor": "backdoor success rate",
     "label_leakage": "label-leak AUC",
+    "inference": "share of the headroom above the class prior, (accuracy - prior) / (1 - prior)",
 }
 _FAMILY_OF_ATTACK = {
     "membership": "membership",
     "gradient_inversion": "reconstruction",
     "input_reconstruction": "reconstruction",
     "label_leakage": "label_leakage",
+    "property_inference": "inference",
 }
 LOW_FPRS = (0.001, 0.01)
 """FPRs membership is graded at, lowest first (metrics tpr_at_0.1pct_fpr, tpr_at_1pct_fpr)."""
@@ -119,6 +132,8 @@ def grading_family(attack_family: str, metrics: Mapping[str, Any]) -> str:
     """The grading rule an attack falls under ("" when none applies)."""
     if attack_family == "poisoning":
         return "backdoor" if number(metrics.get("backdoor_success")) is not None else ""
+    if attack_family == "label_leakage" and number(metrics.get("auc")) is None:
+        return "inference" if number(metrics.get("accuracy")) is not None else "label_leakage"
     return _FAMILY_OF_ATTACK.get(attack_family, "")
 
 
@@ -208,6 +223,11 @@ def grade(
     elif family == "backdoor":
         value, what, key = float(metrics["backdoor_success"]), WHAT[family], "backdoor_success"
         chance = number(metrics.get("backdoor_success_baseline"))
+    elif family == "inference":
+        acc, prior = number(metrics.get("accuracy")), number(metrics.get("accuracy_baseline"))
+        if acc is None or prior is None or prior >= 1:
+            return Grade(family, "not graded", None, "no class-prior baseline in the results")
+        value, what, key, chance = (acc - prior) / (1 - prior), WHAT[family], "accuracy", prior
     else:
         auc = number(metrics.get("auc"))
         if auc is None:

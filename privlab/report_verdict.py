@@ -170,9 +170,9 @@ def attack_sentence(entry: dict[str, Any], g: Grade, accuracy: float | None) -> 
             text = f"no attacker here; triggered inputs hit the target {rate:.0%} of the time"
         else:
             text = f"{who} implants a backdoor that fires on {rate:.0%} of triggered test inputs"
-    elif g.family == "label_leakage":
+    elif family == "label_leakage":
         whose = f"{party}'s" if party else "the clients'"
-        if g.value is not None:
+        if g.family == "label_leakage" and g.value is not None:
             text = f"{who} recovers {whose} labels with AUC {g.value:.3f} (chance 0.5)"
         else:  # a multi-class attack: accuracy beside the class prior
             acc, base = number(m.get("accuracy")), number(m.get("accuracy_baseline"))
@@ -367,7 +367,7 @@ def headline(entry: dict[str, Any], g: Grade) -> tuple[str, str]:
         return "backdoor success", f"{number(m.get('backdoor_success')):.3f}"
     if g.family == "label_leakage" and g.value is not None:
         return "leak AUC", f"{g.value:.3f}"
-    if g.family == "label_leakage" and (acc := number(m.get("accuracy"))) is not None:
+    if family == "label_leakage" and (acc := number(m.get("accuracy"))) is not None:
         base = number(m.get("accuracy_baseline"))
         return "label accuracy", f"{acc:.3f} (prior {'—' if base is None else f'{base:.3f}'})"
     if family == "audit" and (lb := number(m.get("epsilon_lower_bound"))) is not None:

@@ -206,6 +206,19 @@ def test_backdoor_label_leakage_and_ungraded_families() -> None:
     assert grading.grade("poisoning", {"backdoor_success": 0.91}, over).level == "medium"
 
 
+def test_inference_grade_is_kappa_against_the_class_prior() -> None:
+    """Multi-class label inference and property inference: (acc - prior) / (1 - prior),
+    hand-computed, and none when the accuracy's CI holds the prior."""
+    g = grading.grade("property_inference", {"accuracy": 0.8, "accuracy_baseline": 1 / 3})
+    assert g.family == "inference" and g.value == pytest.approx(0.7) and g.level == "high"
+    m = {"accuracy": 0.36, "accuracy_baseline": 0.2, "accuracy_ci": [0.3, 0.42]}
+    assert grading.grade("label_leakage", m).level == "low"  # 0.2 of the headroom
+    m["accuracy_ci"] = [0.15, 0.6]
+    assert grading.grade("label_leakage", m).level == "none"
+    assert grading.grade("property_inference", {"accuracy": 0.9}).level == "not graded"
+    assert grading.grade("label_leakage", {"auc": 0.95}).family == "label_leakage"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

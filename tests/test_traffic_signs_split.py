@@ -221,6 +221,6 @@ def test_report_states_multi_class_label_inference_as_accuracy() -> None:
         "threat_model": {"adversary": "cut_layer", "party": "server"},
     }
     g = grade("label_leakage", entry["metrics"])
-    assert g.value is None  # no AUC: not graded by the two-class rule
+    assert g.family == "inference" and g.value == pytest.approx((0.83 - 0.18) / 0.82)
     assert headline(entry, g) == ("label accuracy", "0.830 (prior 0.180)")
     assert "accuracy 0.830 (class prior 0.180)" in attack_sentence(entry, g, 0.9)
