@@ -8,6 +8,7 @@ Linear), rebuilt here with the same parameter names and loaded with the same ini
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -52,7 +53,7 @@ def save(path: Path, job: Job) -> None:
 def load(path: str) -> Job:
     z = np.load(path)
     x, y, off = torch.as_tensor(z["x"]), torch.as_tensor(z["y"]), z["offsets"]
-    shards = [(x[a:b], y[a:b]) for a, b in zip(off[:-1], off[1:], strict=True)]
+    shards = [(x[a:b], y[a:b]) for a, b in itertools.pairwise(off)]
     names = [str(n) for n in z["names"]]
     initial = {n: torch.as_tensor(z[f"param_{i}"]) for i, n in enumerate(names)}
     hidden, rounds, epochs, batch = (int(v) for v in z["recipe"])
