@@ -4,7 +4,8 @@ Runs in its own venv (benchmarks/README.md): `python flower_job.py JOB.npz`. Tim
 this process: the `run_simulation` call, from its start to its return (Flower starts its Ray
 runtime and supernodes inside it, as a user's run does; every round all clients fit, FedAvg
 takes the sample-weighted mean, and the server evaluates on the test set). Not timed:
-interpreter start-up, imports, reading the job file.
+interpreter start-up, imports, reading the job file. Ray's local cluster is kept on the
+loopback address (Ray's local-only mode, set before Flower imports Ray).
 
 The job is privlab's (job.py): same clients' records, initial weights and recipe.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import sys
 
 import job as jobfile
@@ -21,6 +23,7 @@ import torch
 
 def main() -> None:
     torch.set_num_threads(1)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray binds 127.0.0.1, not the NIC
     from flwr.client import ClientApp, NumPyClient
     from flwr.common import Context, ndarrays_to_parameters
     from flwr.server import ServerApp, ServerAppComponents, ServerConfig

@@ -60,14 +60,22 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     """The worker's loop: the context first, then batches of (vectors, slots) until None."""
     import tenseal as ts
 
-    context = ts.context_from(_receive(inp))
-    while (task := _receive(inp)) is not None:
-        vectors, slots = task
-        replies = []
-        for v in vectors:
-            cts, seconds = encrypt_vector(context, v, slots)
-            replies.append(([c.serialize() for c in cts], seconds))
-        _send(out, (replies, time.process_time()))
+    try:
+        context = ts.context_from(_receive(inp))
+        tasks = iter(lambda: _receive(inp), None)
+        for vectors, slots in tasks:
+            _reply(out, context, vectors, slots)
+    except EOFError:  # the parent went away: nothing left to encrypt for
+        return
+
+
+def _reply(out: BinaryIO, context: Any, vectors: list[np.ndarray], slots: int) -> None:
+    """Encrypt a batch of clients' vectors; send their serialized ciphertexts and seconds."""
+    replies = []
+    for v in vectors:
+        cts, seconds = encrypt_vector(context, v, slots)
+        replies.append(([c.serialize() for c in cts], seconds))
+    _send(out, (replies, time.process_time()))
 
 
 def shares(n: int, workers: int) -> list[slice]:
