@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -108,16 +110,29 @@ def privlab_child(clients: int, rounds: int) -> None:
 
 
 def _run(cmd: list[str], timeout: float) -> dict | None:
-    env_cmd = ["env", "OMP_NUM_THREADS=1", *cmd]
+    """One job in a fresh process of its own session; on time-out the whole session ends
+    (Flower's Ray processes with it). None if it timed out."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=JOBS,
+        env=env,
+        start_new_session=True,
+    )
     try:
-        out = subprocess.run(env_cmd, capture_output=True, text=True, timeout=timeout, cwd=JOBS)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         return None
-    for line in out.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line.removeprefix("RESULT "))
-    tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-    raise RuntimeError(f"{cmd[1]} reported no result (exit {out.returncode}): {tail}")
+    tail = (stderr or stdout).strip().splitlines()[-3:]
+    raise RuntimeError(f"{cmd[1]} reported no result (exit {proc.returncode}): {tail}")
 
 
 def framework_rows(
@@ -163,7 +178,7 @@ def _row(n: int, got: dict[str, list[dict]]) -> str:
         if name == "privlab":
             continue
         if not results:
-            parts.append(f"{name} timed out")
+            parts.append(f"{name} did not finish within the time-out")
             continue
         theirs = [g["seconds"] for g in results]
         ratios = [a / b for a, b in zip(theirs, ours, strict=False)]
@@ -183,6 +198,7 @@ def main() -> None:
     ap.add_argument("--pfl-python", type=Path, default=ROOT / ".venv-pfl" / "bin" / "python")
     ap.add_argument("--flower-python", type=Path, default=ROOT / ".venv-flwr" / "bin" / "python")
     ap.add_argument("--only", nargs="*", choices=["pfl", "flower"], default=["pfl", "flower"])
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds a job may take")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -190,7 +206,7 @@ def main() -> None:
         return
     pythons = {"pfl": args.pfl_python, "flower": args.flower_python}
     pythons = {k: v for k, v in pythons.items() if k in args.only}
-    framework_rows(args.rounds, tuple(args.clients), args.repeats, pythons)
+    framework_rows(args.rounds, tuple(args.clients), args.repeats, pythons, args.timeout)
 
 
 if __name__ == "__main__":
