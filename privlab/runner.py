@@ -6,6 +6,7 @@ challenge records without labels of membership and return scores.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from privlab import __version__, registry
+from privlab import __version__, fanout, registry
 from privlab.attacks.base import (
     Attack,
     AttackResult,
@@ -254,15 +255,15 @@ class ScenarioRun:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         variants = {}
-        if self.scenario.backend == "ray":
-            from privlab.engine.ray_backend import run_variants
-
-            variants = run_variants(self.scenario, len(self.variants))
-        for variant, vs, defenses, attacks, dataset, clients in self.variants:
-            if variant.name not in variants:
-                variants[variant.name] = self._run_variant(
-                    variant, vs, defenses, attacks, dataset, clients
-                )
+        with fanout.plan(self.scenario, len(self.variants)) as (outer, inner):
+            if outer is not None:  # variants as Ray tasks or over local worker processes
+                variants = fanout.run_variants(self.scenario, len(self.variants), outer)
+            with fanout.using(inner):  # reference models of variants run here
+                for variant, vs, defenses, attacks, dataset, clients in self.variants:
+                    if variant.name not in variants:
+                        variants[variant.name] = self._run_variant(
+                            variant, vs, defenses, attacks, dataset, clients
+                        )
         results = {
             "schema_version": SCHEMA_VERSION,
             "privlab_version": __version__,
@@ -278,6 +279,7 @@ class ScenarioRun:
             "started": started,
             "seconds": round(time.perf_counter() - t0, 3),
             "backend": self.scenario.backend,
+            "workers": self.scenario.workers,
         }
         return results
 
@@ -349,8 +351,8 @@ class ScenarioRun:
                 query=make_query(outcome.model),
                 challenge=referee.challenge,
                 recipe=vs,
-                model_factory=lambda vs=vs, d=dataset: build_model(
-                    vs.model, d.input_shape, d.num_classes
+                model_factory=functools.partial(  # picklable: reference models fan out
+                    build_model, vs.model, dataset.input_shape, dataset.num_classes
                 ),
                 side_information={
                     "mean_train_loss": train_loss,

@@ -137,6 +137,17 @@ class VectorisedEngine(Engine):
             yield chunk, self._train_chunk(start, chunk)
         # Consumers index by client id, so order within and across chunks does not matter.
 
+    def train_each(self, starts: State, ids: Sequence[int]) -> Iterator[Chunk]:
+        """As `train`, but client ids[i] starts from its own weights (row i of the stacked
+        `starts`): many independent runs at once, as reference models for LiRA train."""
+        row = {k: i for i, k in enumerate(ids)}
+        order = sorted(ids, key=lambda k: (-self.steps(k), k))
+        for i in range(0, len(order), self.chunk_size):
+            chunk = order[i : i + self.chunk_size]
+            rows = torch.tensor([row[k] for k in chunk])
+            own = {key: t[rows] for key, t in starts.items()}
+            yield chunk, self._train_chunk(own, chunk, own=True)
+
     def _plan(self, chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         """Padded batch indices [m, steps, B] into the chunk's stacked records, plus data.
 
@@ -174,27 +185,33 @@ class VectorisedEngine(Engine):
         active = [sum(t > step for t in total_steps) for step in range(max(total_steps))]
         return plan, x, y, active
 
-    def _train_chunk(self, start: State, chunk: list[int]) -> State:
+    def _train_chunk(self, start: State, chunk: list[int], own: bool = False) -> State:
         """Local SGD of one chunk of clients, forward and backward written out for the
         Linear stack (checked against autograd through the sequential path's tests): the
-        gradient of softmax cross-entropy is (softmax - onehot) / batch size, per client."""
+        gradient of softmax cross-entropy is (softmax - onehot) / batch size, per client.
+        `own`: `start` is stacked [len(chunk), ...], one start per client."""
         s = self.settings
         plan, x, y, active = self._plan(chunk)
         pad = len(y) - 1
         keys = list(self.arch.keys)
-        params = {k: start[k].detach().unsqueeze(0) for k in keys}  # shared until step 0
-        anchor = [start[k].detach().unsqueeze(0) for k in keys] if s.fedprox_mu > 0 else None
+        if own:
+            params = {k: start[k].detach().clone() for k in keys}
+            anchor = [start[k].detach() for k in keys] if s.fedprox_mu > 0 else None
+        else:
+            params = {k: start[k].detach().unsqueeze(0) for k in keys}  # shared until step 0
+            anchor = [start[k].detach().unsqueeze(0) for k in keys] if s.fedprox_mu > 0 else None
         fused = s.momentum == 0 and s.weight_decay == 0
         buffers: list[torch.Tensor | None] = [None] * len(keys)
         for step, m in enumerate(active):
             idx = plan[:m, step]
             weight = (idx != pad).to(x.dtype)
             weight = (weight / weight.sum(dim=1, keepdim=True)).unsqueeze(2)  # batch means
-            view = {k: params[k] if step == 0 else params[k][:m] for k in keys}
-            grads = self._backward(view, x[idx], y[idx], weight, fused, m, shared=step == 0)
+            first = step == 0 and not own  # the start is still one shared [1, ...] copy
+            view = {k: params[k] if first else params[k][:m] for k in keys}
+            grads = self._backward(view, x[idx], y[idx], weight, fused, m, shared=first)
             if not fused:
                 for k in keys:
-                    if step == 0:  # first step: each client gets its own copy
+                    if first:  # first step: each client gets its own copy
                         params[k] = _tile(params[k][0], m)
                 views = [params[k][:m] for k in keys]
                 bufs = [None if b is None else b[:m] for b in buffers]
@@ -208,14 +225,15 @@ class VectorisedEngine(Engine):
                 )
                 if step == 0:
                     buffers = bufs  # the first step made the (full-height) momentum buffers
-            elif step == 0:
+            elif first:
                 params = grads  # already the updated weights (see _backward)
             if anchor is not None:
-                proximal_update([params[k][:m] for k in keys], anchor, lr=s.lr, mu=s.fedprox_mu)
+                near = [a[:m] for a in anchor]
+                proximal_update([params[k][:m] for k in keys], near, lr=s.lr, mu=s.fedprox_mu)
         out = dict(params)
         for k in floating_keys(start):
             if k not in out:
-                out[k] = _tile(start[k], len(chunk))
+                out[k] = start[k].clone() if own else _tile(start[k], len(chunk))
         return out
 
     def _backward(
