@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -43,12 +41,22 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from privlab.defenses.base import TransportDefense
+from privlab.defenses.ckks_packing import (
+    FRAME,
+    EncryptedSum,
+    EncryptedUpdate,
+    context_frame,
+    flatten,
+    frame,
+    layout_of,
+    unflatten,
+    unframe,
+)
 from privlab.errors import ScenarioError
 from privlab.wire import SERVER, client
 
-Layout = tuple[tuple[str, tuple[int, ...]], ...]
+__all__ = ["EncryptedSum", "EncryptedUpdate", "SecureAggregation", "decrypt_update", "unframe"]
 KEY_AUTHORITY = "key_authority"
-FRAME = 1024
 
 
 class CKKSParams(BaseModel):
@@ -75,70 +83,6 @@ class CKKSParams(BaseModel):
                 "clients hold no secret key)"
             )
         return self
-
-
-@dataclass(frozen=True)
-class EncryptedUpdate:
-    """What one client sends: serialized CKKS ciphertexts in fixed-size frames."""
-
-    frames: tuple[bytes, ...]
-    layout: Layout  # public: parameter names and shapes of the model
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(f) for f in self.frames)
-
-
-@dataclass(frozen=True)
-class EncryptedSum:
-    """The server's sum of the ciphertexts that arrived (still encrypted)."""
-
-    frames: tuple[bytes, ...]
-    layout: Layout
-    count: int
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(f) for f in self.frames)
-
-
-def layout_of(update: dict[str, torch.Tensor]) -> Layout:
-    return tuple((k, tuple(v.shape)) for k, v in update.items())
-
-
-def flatten(update: dict[str, torch.Tensor], weight: float) -> np.ndarray:
-    """[w * u_1, ..., w * u_D, w]: weighted values plus the weight in the last slot."""
-    parts = [update[k].detach().double().reshape(-1).numpy() * weight for k in update]
-    return np.concatenate([*parts, np.array([weight], dtype=np.float64)])
-
-
-def unflatten(vector: np.ndarray, layout: Layout) -> tuple[dict[str, torch.Tensor], float]:
-    """Inverse of `flatten`: (sum of weighted updates / total weight, total weight)."""
-    total = float(vector[-1])
-    out, pos = {}, 0
-    for name, shape in layout:
-        n = math.prod(shape)
-        out[name] = torch.as_tensor(vector[pos : pos + n] / total, dtype=torch.float32).reshape(
-            shape
-        )
-        pos += n
-    return out, total
-
-
-def frame(data: bytes, size: int) -> bytes:
-    """Length prefix and zero padding to a fixed size (sizes then reveal nothing)."""
-    body = struct.pack("<I", len(data)) + data
-    return body + b"\0" * max(0, size - len(body))
-
-
-def context_frame(data: bytes) -> bytes:
-    """Serialized contexts vary by a few hundred bytes (compression): 64 KiB frames."""
-    return frame(data, math.ceil((len(data) + 4 + 8192) / 65536) * 65536)
-
-
-def unframe(data: bytes) -> bytes:
-    (n,) = struct.unpack("<I", data[:4])
-    return data[4 : 4 + n]
 
 
 def make_context(p: CKKSParams, field: str) -> Any:
@@ -170,7 +114,7 @@ def make_context(p: CKKSParams, field: str) -> Any:
 
 
 def decrypt_frames(secret_context: Any, frames: tuple[bytes, ...]) -> np.ndarray:
-    """Decrypt and concatenate packed ciphertexts (needs the secret key)."""
+    """Decrypt and concatenate packed ciphertexts from their frames (needs the secret key)."""
     import tenseal as ts
 
     parts = [np.asarray(ts.ckks_vector_from(secret_context, unframe(f)).decrypt()) for f in frames]
@@ -180,7 +124,7 @@ def decrypt_frames(secret_context: Any, frames: tuple[bytes, ...]) -> np.ndarray
 def decrypt_update(
     secret_context: Any, payload: EncryptedUpdate
 ) -> tuple[dict[str, torch.Tensor], float]:
-    """One client's update and weight from its ciphertexts: what a leaked secret key restores."""
+    """One client's update and weight from its frames: what a leaked secret key restores."""
     return unflatten(decrypt_frames(secret_context, payload.frames), payload.layout)
 
 
@@ -189,17 +133,23 @@ class KeyHolder:
 
     def __init__(self, context: Any) -> None:
         self._context = context
+        self._public: bytes | None = None
 
     def public_bytes(self) -> bytes:
-        pub = self._context.copy()
-        pub.make_context_public()
-        return pub.serialize()
+        if self._public is None:  # a context copy costs milliseconds: make it once
+            pub = self._context.copy()
+            pub.make_context_public()
+            self._public = pub.serialize()
+        return self._public
 
     def secret_bytes(self) -> bytes:
         return self._context.serialize(save_secret_key=True)
 
-    def decrypt(self, combined: EncryptedSum) -> tuple[dict[str, torch.Tensor], float]:
-        return unflatten(decrypt_frames(self._context, combined.frames), combined.layout)
+    def decrypt(self, combined: EncryptedSum) -> np.ndarray:
+        """The flat decrypted sum [sum w u, sum w]. Its ciphertexts are the server's (public
+        context): decrypted with this key."""
+        key = self._context.secret_key()
+        return np.concatenate([np.asarray(v.decrypt(key)) for v in combined.vectors(self._context)])
 
 
 class Aggregator:
@@ -211,15 +161,15 @@ class Aggregator:
         self.context = ts.context_from(public_bytes)
 
     def sum(self, payloads: list[EncryptedUpdate], frame_size: int) -> EncryptedSum:
-        import tenseal as ts
-
-        frames = []
-        for i in range(len(payloads[0].frames)):
-            acc = ts.ckks_vector_from(self.context, unframe(payloads[0].frames[i]))
-            for p in payloads[1:]:
-                acc += ts.ckks_vector_from(self.context, unframe(p.frames[i]))
-            frames.append(frame(acc.serialize(), frame_size))
-        return EncryptedSum(tuple(frames), payloads[0].layout, len(payloads))
+        """Slot-wise sums; never in place on a client's own ciphertext (a + b is a new one)."""
+        columns = zip(*(p.vectors(self.context) for p in payloads), strict=True)
+        sums = []
+        for column in columns:
+            acc = column[0] + column[1] if len(column) > 1 else column[0]
+            for v in column[2:]:
+                acc += v
+            sums.append(acc)
+        return EncryptedSum(payloads[0].layout, frame_size, len(payloads), vectors=tuple(sums))
 
 
 class SecureAggregation(TransportDefense):
@@ -248,7 +198,7 @@ class SecureAggregation(TransportDefense):
         self._cipher_bytes = 0
         self._n_ciphertexts = 0
         self._public_bytes = 0
-        self._pending: dict[int, tuple[dict[str, torch.Tensor], float]] = {}
+        self._pending: dict[int, np.ndarray] = {}
         self.client_seconds: dict[int, float] = {}
         """Seconds each client of the last batch spent encrypting (its critical-path share)."""
         self._pool: Any = None
@@ -308,14 +258,21 @@ class SecureAggregation(TransportDefense):
             encrypted = [encrypt_vector(self._client_context(), v, self.slots) for v in vectors]
         out = []
         self.client_seconds = {}
-        for (k, update, weight), (cts, seconds) in zip(items, encrypted, strict=True):
-            frames = tuple(frame(c, self.frame_size) for c in cts)
+        server_context = self.server.context
+        for (k, update, _), vector, (cts, seconds) in zip(items, vectors, encrypted, strict=True):
+            if pool is not None:  # serialized in the worker: the frames as uploaded
+                held: dict[str, Any] = {"frames": tuple(frame(c, self.frame_size) for c in cts)}
+            else:  # handed over as objects of the server's public context, no key attached
+                for c in cts:
+                    c.link_context(server_context)
+                held = {"vectors": tuple(cts)}
+            payload = EncryptedUpdate(layout_of(update), self.frame_size, **held)
             self._stats["encrypt"].append(seconds)
             self.client_seconds[k] = seconds
-            self._cipher_bytes = sum(len(f) for f in frames)
+            self._cipher_bytes = payload.nbytes
             # Measurement only (not any party's knowledge): the plaintext to compare against.
-            self._pending[k] = (update, weight)
-            out.append(EncryptedUpdate(frames, layout_of(update)))
+            self._pending[k] = vector
+            out.append(payload)
         self._stats["encrypt_wall"].append(time.perf_counter() - t0)
         return out
 
@@ -373,21 +330,20 @@ class SecureAggregation(TransportDefense):
 
     def reveal(self, combined: EncryptedSum) -> dict[str, torch.Tensor]:
         t0 = time.perf_counter()
-        mean, _ = self.key_holder.decrypt(combined)
+        vector = self.key_holder.decrypt(combined)
+        mean, _ = unflatten(vector, combined.layout)
         self._stats["decrypt"].append(time.perf_counter() - t0)
-        self._record_error(mean)
+        self._record_error(vector)
         return mean
 
-    def _record_error(self, mean: dict[str, torch.Tensor]) -> None:
+    def _record_error(self, decrypted: np.ndarray) -> None:
+        """Largest CKKS error of the weighted mean against the same sum in plaintext."""
         sent, self._pending = list(self._pending.values()), {}
         if not sent:
             return
-        total = sum(w for _, w in sent)
-        err = 0.0
-        for key, value in mean.items():
-            plain = sum(u[key].double() * (w / total) for u, w in sent)
-            err = max(err, float((value.double() - plain).abs().max()))
-        self._stats["error"].append(err)
+        plain = np.sum(sent, axis=0)
+        err = np.abs(decrypted[:-1] / decrypted[-1] - plain[:-1] / plain[-1]).max()
+        self._stats["error"].append(float(err))
 
     # ------------------------------------------------------------------ reporting
 
