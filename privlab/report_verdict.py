@@ -76,8 +76,10 @@ def _pct(f: float) -> str:
 
 
 def _party(entry: dict[str, Any]) -> str:
-    """Whose data the attack targets, in words ("client 0"; "" when everyone's)."""
-    party = _dict(entry.get("threat_model")).get("party")
+    """Whose data the attack targets, in words ("client 0"; "" when everyone's). A cut-layer
+    adversary's `party` names the adversary itself (the party at the cut), not its victim."""
+    tm = _dict(entry.get("threat_model"))
+    party = None if tm.get("adversary") == "cut_layer" else tm.get("party")
     params = _dict(entry.get("params"))
     for key in ("client", "target_client", "victim", "target_peer"):
         if party is None and isinstance(params.get(key), int | str) and params.get(key) != "auto":
@@ -108,6 +110,8 @@ def subject(threat_model: dict[str, Any]) -> str:
     if adv == "outsider":
         return "an outsider"
     mood = "malicious" if threat_model.get("active") else "curious"
+    if adv == "cut_layer" and isinstance(threat_model.get("party"), str):
+        return f"a {mood} {threat_model['party']} at the cut layer"
     return f"a {mood} {noun}"
 
 
@@ -181,6 +185,19 @@ def attack_sentence(entry: dict[str, Any], g: Grade, accuracy: float | None) -> 
                 if acc is not None and base is not None
                 else ""
             )
+    elif family == "property_inference":
+        acc, base = number(m.get("accuracy")), number(m.get("accuracy_baseline"))
+        regions = number(m.get("n_regions"))
+        what = (
+            f"which of {regions:.0f} regions each client drove in"
+            if regions is not None
+            else "a property of each client's data"
+        )
+        text = f"{who} infers {what}" + (
+            f" with accuracy {acc:.3f} (class prior {base:.3f})"
+            if acc is not None and base is not None
+            else ""
+        )
     elif family == "audit":
         lb = number(m.get("epsilon_lower_bound"))
         conf = 1 - (number(m.get("alpha")) or 0.05)

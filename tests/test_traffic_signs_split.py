@@ -224,3 +224,19 @@ def test_report_states_multi_class_label_inference_as_accuracy() -> None:
     assert g.family == "inference" and g.value == pytest.approx((0.83 - 0.18) / 0.82)
     assert headline(entry, g) == ("label accuracy", "0.830 (prior 0.180)")
     assert "accuracy 0.830 (class prior 0.180)" in attack_sentence(entry, g, 0.9)
+
+
+def test_report_states_route_inference_against_the_prior() -> None:
+    from privlab.grading import grade
+    from privlab.report_verdict import attack_sentence
+
+    entry = {
+        "family": "property_inference",
+        "metrics": {"accuracy": 0.75, "accuracy_baseline": 1 / 3, "n_regions": 3},
+        "threat_model": {"adversary": "cut_layer", "party": "server"},
+    }
+    text = attack_sentence(entry, grade("property_inference", entry["metrics"]), 0.9)
+    assert text == (
+        "a curious server at the cut layer infers which of 3 regions each client drove in "
+        "with accuracy 0.750 (class prior 0.333): high"
+    )
