@@ -113,12 +113,14 @@ def test_sequential_engine_equals_a_plain_loop_per_client_bitwise(settings) -> N
 
 @pytest.mark.parametrize("settings", RECIPES)
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_vectorised_engine_matches_sequential(settings, activation: str) -> None:
-    """Unequal sizes (short last batches, clients that stop early), several chunks."""
+@pytest.mark.parametrize("record_space", [False, True])
+def test_vectorised_engine_matches_sequential(settings, activation: str, record_space) -> None:
+    """Unequal sizes (short last batches, clients that stop early), several chunks; the first
+    layer dense and in record space (alpha * W0 + C^T X)."""
     model, sizes = _model([16, 8], activation), [7, 13, 1, 20, 9, 9, 2]
     start = {k: v.clone() for k, v in model.state_dict().items()}
     seq = SequentialEngine(_shards(sizes), model, settings)
-    vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=3)
+    vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=3, record_space=record_space)
     ids = [0, 2, 3, 4, 5, 6]  # a sampled subset; client 1 sits out
     for _ in range(2):
         want, got = _collect(seq, start, ids), _collect(vec, start, ids)

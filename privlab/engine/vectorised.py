@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from privlab.engine.base import Chunk, ClientShard, Engine, State, floating_keys
-from privlab.engine.sgd import proximal_update, sgd_update
+from privlab.engine.stacked_sgd import ChunkPlan, train_chunk
 from privlab.training import TrainSettings
 
 
@@ -68,35 +68,6 @@ def linear_stack(model: nn.Module) -> LinearStack | None:
     return LinearStack(tuple(ops), tuple(keys))
 
 
-def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
-    """h [m, B, in] times each client's w [m, out, in]; a `shared` w [1, ...] (the start
-    state, before the first step) is one large matrix product instead of m small ones."""
-    if shared:
-        m, bsz, d = h.shape
-        return torch.addmm(b[0], h.reshape(m * bsz, d), w[0].t()).view(m, bsz, -1)
-    return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-
-
-def _back_linear(dz: torch.Tensor, w: torch.Tensor, shared: bool) -> torch.Tensor:
-    """The gradient reaching the layer's input: dz [m, B, out] times w [m|1, out, in]."""
-    if shared:
-        m, bsz, o = dz.shape
-        return (dz.reshape(m * bsz, o) @ w[0]).view(m, bsz, -1)
-    return torch.bmm(dz, w)
-
-
-def _activation_grad(name: str, out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """d(loss)/d(pre-activation) from the activation's output and d(loss)/d(output)."""
-    if name == "relu":  # ReLU's own backward kernel: one pass over the tensor
-        return torch.ops.aten.threshold_backward(grad, out, 0)
-    if name == "tanh":
-        return grad * (1 - out * out)
-    return grad * out * (1 - out)  # sigmoid
-
-
-_ACT = {"relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_}  # on fresh outputs
-
-
 class VectorisedEngine(Engine):
     name = "vectorised"
 
@@ -106,6 +77,7 @@ class VectorisedEngine(Engine):
         model: nn.Module,
         settings: TrainSettings,
         chunk_size: int = 64,
+        record_space: bool | None = None,
     ) -> None:
         super().__init__(shards)
         self._sizes = [sh.num_samples for sh in shards]
@@ -115,6 +87,7 @@ class VectorisedEngine(Engine):
         self.arch = arch
         self.settings = settings
         self.chunk_size = chunk_size
+        self.record_space = record_space  # the first layer's form; None: the cheaper one
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -130,143 +103,70 @@ class VectorisedEngine(Engine):
         return self.settings.local_epochs * self.settings.steps_per_epoch(self._sizes[k])
 
     def train(self, start: State, ids: Sequence[int]) -> Iterator[Chunk]:
-        # Bucketing: similar step counts share a chunk, so few padded steps are wasted.
+        for chunk in self._chunks(ids):
+            yield chunk, self._train_chunk(start, chunk)
+
+    def _chunks(self, ids: Sequence[int]) -> Iterator[list[int]]:
+        """Bucketing: similar step counts share a chunk, so few padded steps are wasted.
+        Consumers index by client id, so order within and across chunks does not matter."""
         order = sorted(ids, key=lambda k: (-self.steps(k), k))
         for i in range(0, len(order), self.chunk_size):
-            chunk = order[i : i + self.chunk_size]
-            yield chunk, self._train_chunk(start, chunk)
-        # Consumers index by client id, so order within and across chunks does not matter.
+            yield order[i : i + self.chunk_size]
 
-    def _plan(self, chunk: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """Padded batch indices [m, steps, B] into the chunk's stacked records, plus data.
+    def train_sums(
+        self, start: State, ids: Sequence[int], coef: dict[int, float]
+    ) -> Iterator[Chunk]:
+        for chunk in self._chunks(ids):
+            w = torch.tensor([coef[k] for k in chunk], dtype=start[self.arch.keys[0]].dtype)
+            yield chunk, self._train_chunk(start, chunk, w)
 
-        Each client draws one permutation per epoch from its own generator, as the sequential
-        path does; row `pad` is a zero record that padded slots point to."""
+    def _plan(self, chunk: list[int]) -> ChunkPlan:
+        """The chunk's padded batches. Each client draws one permutation per epoch from its
+        own generator, as the sequential path does; padded slots point to its zero row."""
         s, bs, epochs = self.settings, self.settings.batch_size, self.settings.local_epochs
         shards = [self.shards[k] for k in chunk]
         sizes = [self._sizes[k] for k in chunk]
-        pad = sum(sizes)
+        m, n1 = len(chunk), max(sizes) + 1
         per_epoch = [s.steps_per_epoch(n) for n in sizes]
         total_steps = [epochs * p for p in per_epoch]
-        width = max(total_steps) * bs  # one row of the plan, flattened
-        # One permutation per client and epoch, in each client's own generator order; then
-        # every record index lands at (row, epoch * steps_per_epoch * B + position) at once.
+        width = max(total_steps) * bs  # one client's row of the plan, flattened
         perms = [
             torch.randperm(n, generator=sh.generator)
             for sh, n in zip(shards, sizes, strict=True)
             for _ in range(epochs)
         ]
+        # Every record index lands at (client, epoch * steps_per_epoch * B + position) at once.
         seg_len = torch.tensor(sizes).repeat_interleave(epochs)
-        rows = torch.arange(len(chunk)).repeat_interleave(epochs)
-        ep = torch.arange(epochs).repeat(len(chunk))
-        data_off = torch.tensor([0, *sizes[:-1]]).cumsum(0).repeat_interleave(epochs)
+        rows = torch.arange(m).repeat_interleave(epochs)
+        ep = torch.arange(epochs).repeat(m)
         seg_base = rows * width + ep * torch.tensor(per_epoch).repeat_interleave(epochs) * bs
         seg_start = torch.cat([torch.zeros(1, dtype=torch.long), seg_len.cumsum(0)[:-1]])
         within = torch.arange(int(seg_len.sum())) - seg_start.repeat_interleave(seg_len)
-        plan = torch.full((len(chunk) * width,), pad, dtype=torch.long)
-        plan[seg_base.repeat_interleave(seg_len) + within] = torch.cat(
-            perms
-        ) + data_off.repeat_interleave(seg_len)
-        plan = plan.view(len(chunk), max(total_steps), bs)
-        x = torch.cat([sh.x.reshape(sh.num_samples, -1) for sh in shards])
-        x = torch.cat([x, x.new_zeros(1, x.shape[1])])
-        y = torch.cat([*(sh.y for sh in shards), shards[0].y.new_zeros(1)])
+        local = torch.full((m * width,), n1 - 1, dtype=torch.long)
+        local[seg_base.repeat_interleave(seg_len) + within] = torch.cat(perms)
+        local = local.view(m, max(total_steps), bs)
+        real = (local != n1 - 1).to(shards[0].x.dtype)
+        weight = (real / real.sum(dim=2, keepdim=True).clamp_min(1)).unsqueeze(3)  # batch means
+        flat = local + (torch.arange(m) * n1).view(m, 1, 1)
+        # Records in the padded layout: client i's record j at row i * n1 + j.
+        slot = torch.cat([torch.arange(n) + i * n1 for i, n in enumerate(sizes)])
+        x = shards[0].x.new_zeros(m * n1, shards[0].x[0].numel())
+        x[slot] = torch.cat([sh.x.reshape(sh.num_samples, -1) for sh in shards])
+        y = shards[0].y.new_zeros(m * n1)
+        y[slot] = torch.cat([sh.y for sh in shards])
         active = [sum(t > step for t in total_steps) for step in range(max(total_steps))]
-        return plan, x, y, active
+        return ChunkPlan(flat, y[flat], weight, x, active, n1)
 
-    def _train_chunk(self, start: State, chunk: list[int]) -> State:
-        """Local SGD of one chunk of clients, forward and backward written out for the
-        Linear stack (checked against autograd through the sequential path's tests): the
-        gradient of softmax cross-entropy is (softmax - onehot) / batch size, per client."""
-        s = self.settings
-        plan, x, y, active = self._plan(chunk)
-        pad = len(y) - 1
-        keys = list(self.arch.keys)
-        params = {k: start[k].detach().unsqueeze(0) for k in keys}  # shared until step 0
-        anchor = [start[k].detach().unsqueeze(0) for k in keys] if s.fedprox_mu > 0 else None
-        fused = s.momentum == 0 and s.weight_decay == 0
-        buffers: list[torch.Tensor | None] = [None] * len(keys)
-        for step, m in enumerate(active):
-            idx = plan[:m, step]
-            weight = (idx != pad).to(x.dtype)
-            weight = (weight / weight.sum(dim=1, keepdim=True)).unsqueeze(2)  # batch means
-            view = {k: params[k] if step == 0 else params[k][:m] for k in keys}
-            grads = self._backward(view, x[idx], y[idx], weight, fused, m, shared=step == 0)
-            if not fused:
-                for k in keys:
-                    if step == 0:  # first step: each client gets its own copy
-                        params[k] = _tile(params[k][0], m)
-                views = [params[k][:m] for k in keys]
-                bufs = [None if b is None else b[:m] for b in buffers]
-                sgd_update(
-                    views,
-                    [grads[k] for k in keys],
-                    bufs,
-                    lr=s.lr,
-                    momentum=s.momentum,
-                    weight_decay=s.weight_decay,
-                )
-                if step == 0:
-                    buffers = bufs  # the first step made the (full-height) momentum buffers
-            elif step == 0:
-                params = grads  # already the updated weights (see _backward)
-            if anchor is not None:
-                proximal_update([params[k][:m] for k in keys], anchor, lr=s.lr, mu=s.fedprox_mu)
-        out = dict(params)
-        for k in floating_keys(start):
+    def _train_chunk(
+        self, start: State, chunk: list[int], coef: torch.Tensor | None = None
+    ) -> State:
+        plan = self._plan(chunk)
+        out = train_chunk(
+            self.arch.ops, self.settings, start, plan, record_space=self.record_space, coef=coef
+        )
+        for k in floating_keys(start):  # tensors that training does not change
             if k not in out:
-                out[k] = _tile(start[k], len(chunk))
+                t = start[k].detach()
+                tiled = t.unsqueeze(0).repeat(len(chunk), *[1] * t.dim())
+                out[k] = tiled if coef is None else t * coef.sum()
         return out
-
-    def _backward(
-        self,
-        params: dict[str, torch.Tensor],
-        x: torch.Tensor,
-        y: torch.Tensor,
-        weight: torch.Tensor,
-        fused: bool,
-        m: int,
-        *,
-        shared: bool,
-    ) -> dict[str, torch.Tensor]:
-        """Forward, then backward layer by layer. Returns the gradients; with `fused` (plain
-        SGD) it applies the step in place instead, as one batched product per weight, and
-        returns the new weights when the layers were still `shared` ([1, ...] start weights)."""
-        s, ops = self.settings, self.arch.ops
-        inputs: dict[int, torch.Tensor] = {}
-        outputs: dict[int, torch.Tensor] = {}
-        h = x
-        for i, (kind, name) in enumerate(ops):
-            if kind == "linear":
-                inputs[i] = h
-                h = _linear(h, params[f"{name}.weight"], params[f"{name}.bias"], shared)
-            else:
-                h = outputs[i] = _ACT[name](h)
-        dz = torch.softmax(h, dim=2)
-        dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(dz[..., :1]))
-        dz.mul_(weight)
-        grads: dict[str, torch.Tensor] = {}
-        for i in reversed(range(len(ops))):
-            kind, name = ops[i]
-            if kind == "act":
-                dz = _activation_grad(name, outputs[i], dz)
-                continue
-            wk, bk = f"{name}.weight", f"{name}.bias"
-            w, b = params[wk], params[bk]
-            d_in = _back_linear(dz, w, shared) if i > 0 else dz  # weights before the step
-            dzt, gb = dz.transpose(1, 2), dz.sum(dim=1)
-            if not fused:
-                grads[wk], grads[bk] = torch.bmm(dzt, inputs[i]), gb
-            elif shared:
-                grads[wk] = torch.baddbmm(w.expand(m, -1, -1), dzt, inputs[i], alpha=-s.lr)
-                grads[bk] = b - s.lr * gb
-            else:
-                w.baddbmm_(dzt, inputs[i], alpha=-s.lr)
-                b.sub_(gb, alpha=s.lr)
-            dz = d_in
-        return grads
-
-
-def _tile(t: torch.Tensor, m: int) -> torch.Tensor:
-    """m stacked copies of t: [m, *t.shape]."""
-    return t.detach().unsqueeze(0).repeat(m, *([1] * t.dim()))

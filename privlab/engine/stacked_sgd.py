@@ -1,0 +1,261 @@
+"""Local SGD of one chunk of stacked clients, forward and backward written out.
+
+The model is a stack of Linear layers and elementwise activations (`LinearStack`); the loss is
+softmax cross-entropy, whose gradient is (softmax - onehot) / batch size, per client. Each
+client's slice of a stacked tensor only ever meets its own slices, so the summed loss of the
+chunk has each client's own gradient as its gradient, and one pass serves all clients.
+
+The first Linear layer is usually the widest (64 or 784 inputs) while a client holds few
+records. Its weight after any number of SGD steps stays in the span of the client's own records:
+every gradient is dz^T x_batch, a combination of the client's rows, and momentum, weight decay
+and FedProx's proximal step are linear in the weight (the representer form of a linear layer's
+gradient). So, when that is cheaper, each client's first weight is kept as
+
+    W = alpha * W0 + C^T X        (X: the client's n records, C: [n, out], alpha: a scalar)
+
+with the SGD, momentum and proximal arithmetic applied to (alpha, C) instead of W, by the same
+elementwise functions (privlab.engine.sgd). A forward pass is then alpha * (x W0^T) + (x X^T) C:
+X W0^T is one large matrix product per round shared by all steps, x X^T are rows of the
+client's Gram matrix, and the per-step cost falls from batch * in * out to batch * n * out; W
+itself is formed once, at the end of the round. Results equal the dense path's to rounding
+(tests/test_engine.py checks both against the sequential engine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from privlab.engine.sgd import proximal_update, sgd_update
+from privlab.training import TrainSettings
+
+_ACT = {"relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_}  # on fresh outputs
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """A chunk's batches in a padded per-client layout: client i's record j sits at flat row
+    i * n1 + j of `x` / `y`; row i * n1 + n1 - 1 is a zero record that padded slots point to."""
+
+    flat: torch.Tensor  # [m, steps, B] flat rows into x
+    y: torch.Tensor  # [m, steps, B] labels of those rows
+    weight: torch.Tensor  # [m, steps, B, 1]: 1 / (client's real rows in the batch), 0 on padding
+    x: torch.Tensor  # [m * n1, features]
+    active: list[int]  # clients still training at each step (a prefix of the chunk)
+    n1: int  # the largest client's record count + 1 (the padding row)
+
+    @property
+    def m(self) -> int:
+        return self.flat.shape[0]
+
+
+def activation_grad(name: str, out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """d(loss)/d(pre-activation) from the activation's output and d(loss)/d(output)."""
+    if name == "relu":  # ReLU's own backward kernel: one pass over the tensor
+        return torch.ops.aten.threshold_backward(grad, out, 0)
+    if name == "tanh":
+        return grad * (1 - out * out)
+    return grad * out * (1 - out)  # sigmoid
+
+
+def record_space_pays(plan: ChunkPlan, out_features: int) -> bool:
+    """Whether the first layer is cheaper in record space (multiply-adds per client per round:
+    dense forward and update each step, against X W0^T, the Gram matrix, the per-step
+    correction and forming W once)."""
+    slots = plan.flat.shape[1] * plan.flat.shape[2]
+    d, n1, o = plan.x.shape[1], plan.n1, out_features
+    return 2 * n1 * d * o + n1 * n1 * d + slots * n1 * o < 2 * slots * d * o
+
+
+class RecordSpaceLinear:
+    """The chunk's first-layer weights as alpha * W0 + C^T X per client (see module doc)."""
+
+    def __init__(self, w0: torch.Tensor, plan: ChunkPlan) -> None:
+        m, n1, d = plan.m, plan.n1, plan.x.shape[1]
+        self.w0, self.x = w0, plan.x.view(m, n1, d)
+        self.xw = plan.x @ w0.t()  # [m * n1, out]: every record times the start weights
+        self.gram = torch.bmm(self.x, self.x.transpose(1, 2)).view(m * n1, n1)
+        self.coef = w0.new_zeros(m, n1, w0.shape[0])
+        self.alpha = w0.new_ones(m, 1, 1)
+
+    def forward(self, flat: torch.Tensor, bias: torch.Tensor, step: int, scaled: bool):
+        """Pre-activations [m, B, out] of the batch rows `flat` [m, B]."""
+        m = flat.shape[0]
+        z = self.xw[flat]
+        if scaled:
+            z.mul_(self.alpha[:m])
+        z.add_(bias.unsqueeze(1))
+        if step > 0:  # C is zero before the first step
+            z.baddbmm_(self.gram[flat], self.coef[:m])
+        return z
+
+    def grad(self, dz: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """d(loss)/dC [m, n1, out]: each batch row's dz lands on its record's row."""
+        m, o = dz.shape[0], dz.shape[2]
+        g = dz.new_zeros(m, self.coef.shape[1], o)
+        g.view(-1, o).index_add_(0, flat.reshape(-1), dz.reshape(-1, o))
+        return g
+
+    def sgd_step(self, dz: torch.Tensor, flat: torch.Tensor, lr: float) -> None:
+        """Plain SGD: C -= lr * grad, straight into C's rows."""
+        o = dz.shape[2]
+        self.coef.view(-1, o).index_add_(0, flat.reshape(-1), dz.reshape(-1, o), alpha=-lr)
+
+    def weights(self, scaled: bool) -> torch.Tensor:
+        """W = alpha * W0 + C^T X, stacked [m, out, in]."""
+        base = self.w0.expand(self.x.shape[0], -1, -1)
+        if scaled:
+            return torch.baddbmm(base * self.alpha, self.coef.transpose(1, 2), self.x)
+        return torch.baddbmm(base, self.coef.transpose(1, 2), self.x)
+
+    def weighted_sum(self, coef: torch.Tensor) -> torch.Tensor:
+        """sum_i coef_i W_i = (sum_i coef_i alpha_i) W0 + (coef * C)^T X over all clients'
+        records at once: one large matrix product, no per-client weights."""
+        m, n1, o = self.coef.shape
+        c = (self.coef * coef.view(m, 1, 1)).view(m * n1, o)
+        beta = float(coef @ self.alpha.view(m))
+        return torch.addmm(self.w0, c.t(), self.x.view(m * n1, -1), beta=beta)
+
+
+def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
+    """h [m, B, in] times each client's w [m, out, in]; a `shared` w [1, ...] (the start
+    state, before the first step) is one large matrix product instead of m small ones."""
+    if shared:
+        m, bsz, d = h.shape
+        return torch.addmm(b[0], h.reshape(m * bsz, d), w[0].t()).view(m, bsz, -1)
+    return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+
+def _back_linear(dz: torch.Tensor, w: torch.Tensor, shared: bool) -> torch.Tensor:
+    """The gradient reaching the layer's input: dz [m, B, out] times w [m|1, out, in]."""
+    if shared:
+        m, bsz, o = dz.shape
+        return (dz.reshape(m * bsz, o) @ w[0]).view(m, bsz, -1)
+    return torch.bmm(dz, w)
+
+
+def train_chunk(
+    ops: tuple[tuple[str, str], ...],
+    settings: TrainSettings,
+    start: dict[str, torch.Tensor],
+    plan: ChunkPlan,
+    *,
+    record_space: bool | None = None,
+    coef: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Every client's local SGD; returns the Linear layers' weights stacked [m, ...], or with
+    `coef` [m] only their sums weighted by it (a mean needs no per-client weights).
+
+    Dense weights stay shared [1, ...] views of `start` until the first step gives each
+    client its own. `record_space` forces the first layer's form (None: the cheaper one)."""
+    s = settings
+    fused = s.momentum == 0 and s.weight_decay == 0  # the SGD step as one batched product
+    scaled = s.weight_decay != 0 or s.fedprox_mu > 0  # alpha moves away from 1
+    first = ops[0][1]
+    w0 = start[f"{first}.weight"].detach()
+    if record_space is None:
+        record_space = record_space_pays(plan, w0.shape[0])
+    rs = RecordSpaceLinear(w0, plan) if record_space else None
+    weights = {n: start[f"{n}.weight"].detach().unsqueeze(0) for k, n in ops if k == "linear"}
+    biases = {n: start[f"{n}.bias"].detach().unsqueeze(0) for k, n in ops if k == "linear"}
+    buffers: list[torch.Tensor | None] = []
+    for step, mt in enumerate(plan.active):
+        shared = step == 0
+        flat = plan.flat[:mt, step]
+        params, grads = [], []  # unfused: collected for one sgd_update over all layers
+        inputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, torch.Tensor] = {}
+        h = plan.x[flat] if rs is None else flat
+        for i, (kind, name) in enumerate(ops):
+            if kind == "act":
+                h = outputs[i] = _ACT[name](h)
+                continue
+            b = biases[name] if shared else biases[name][:mt]
+            if i == 0 and rs is not None:
+                h = rs.forward(flat, b, step, scaled)
+            else:
+                w = weights[name] if shared else weights[name][:mt]
+                inputs[i] = h
+                h = _linear(h, w, b, shared)
+        dz = h.sub_(h.amax(dim=2, keepdim=True)).exp_()  # softmax, in place on the logits
+        dz.div_(dz.sum(dim=2, keepdim=True))
+        dz.scatter_add_(2, plan.y[:mt, step].unsqueeze(2), -torch.ones_like(dz[..., :1]))
+        dz.mul_(plan.weight[:mt, step])
+        for i in reversed(range(len(ops))):
+            kind, name = ops[i]
+            if kind == "act":
+                dz = activation_grad(name, outputs[i], dz)
+                continue
+            gb = dz.sum(dim=1)
+            if i == 0 and rs is not None:
+                if fused:
+                    rs.sgd_step(dz, flat, s.lr)
+                else:
+                    params += [rs.alpha[:mt], rs.coef[:mt]]
+                    grads += [torch.zeros_like(rs.alpha[:mt]), rs.grad(dz, flat)]
+                d_in = None
+            else:
+                w = weights[name] if shared else weights[name][:mt]
+                d_in = _back_linear(dz, w, shared) if i > 0 else None  # weights before the step
+                dzt = dz.transpose(1, 2)
+                if not fused:
+                    if shared:  # each client gets its own copy
+                        weights[name] = w = _tile(w[0], mt)
+                    params.append(w)
+                    grads.append(torch.bmm(dzt, inputs[i]))
+                elif shared:
+                    weights[name] = torch.baddbmm(w.expand(mt, -1, -1), dzt, inputs[i], alpha=-s.lr)
+                else:
+                    w.baddbmm_(dzt, inputs[i], alpha=-s.lr)
+            if fused and shared:
+                biases[name] = biases[name] - s.lr * gb
+            elif fused:
+                biases[name][:mt].sub_(gb, alpha=s.lr)
+            else:
+                if shared:
+                    biases[name] = _tile(biases[name][0], mt)
+                params.append(biases[name][:mt])
+                grads.append(gb)
+            if d_in is not None:
+                dz = d_in
+        if not fused:
+            bufs = [b[:mt] for b in buffers] if buffers else [None] * len(params)
+            sgd_update(
+                params, grads, bufs, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+            )
+            if shared:
+                buffers = bufs  # the first step (all clients) made full-height buffers
+        if s.fedprox_mu > 0:
+            _proximal(ops, rs, weights, biases, start, mt, s)
+    out = {f"{n}.bias": b for n, b in biases.items()}
+    out |= {f"{n}.weight": w for n, w in weights.items()}
+    if coef is not None:
+        out = {k: torch.tensordot(coef, v, dims=1) for k, v in out.items()}
+    if rs is not None:
+        w1 = rs.weights(scaled) if coef is None else rs.weighted_sum(coef)
+        out[f"{first}.weight"] = w1
+    return out
+
+
+def _proximal(ops, rs, weights, biases, start, mt: int, s: TrainSettings) -> None:
+    """FedProx's proximal step on every layer, towards the start state (alpha towards 1 and
+    C towards 0 in record space: the same arithmetic on the coefficients)."""
+    params, anchor = [], []
+    for i, (kind, name) in enumerate(ops):
+        if kind != "linear":
+            continue
+        if i == 0 and rs is not None:
+            params += [rs.alpha[:mt], rs.coef[:mt]]
+            anchor += [torch.ones(()), torch.zeros(())]
+        else:
+            params.append(weights[name][:mt])
+            anchor.append(start[f"{name}.weight"].detach().unsqueeze(0))
+        params.append(biases[name][:mt])
+        anchor.append(start[f"{name}.bias"].detach().unsqueeze(0))
+    proximal_update(params, anchor, lr=s.lr, mu=s.fedprox_mu)
+
+
+def _tile(t: torch.Tensor, m: int) -> torch.Tensor:
+    """m stacked copies of t: [m, *t.shape]."""
+    return t.detach().unsqueeze(0).repeat(m, *([1] * t.dim()))
