@@ -76,6 +76,11 @@ RECIPES = [
     TrainSettings(batch_size=4, lr=0.1, local_epochs=1),
     TrainSettings(batch_size=5, lr=0.05, local_epochs=2, momentum=0.9, weight_decay=1e-3),
     TrainSettings(batch_size=3, lr=0.1, local_epochs=2, fedprox_mu=0.5, momentum=0.5),
+    # full batch (every client's batch holds all its records): steps are whole epochs
+    TrainSettings(batch_size=32, lr=0.1, local_epochs=3),
+    TrainSettings(
+        batch_size=20, lr=0.05, local_epochs=2, momentum=0.9, weight_decay=1e-2, fedprox_mu=0.2
+    ),
 ]
 
 

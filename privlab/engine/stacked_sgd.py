@@ -36,18 +36,47 @@ _ACT = {"relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_}  # 
 @dataclass(frozen=True)
 class ChunkPlan:
     """A chunk's batches in a padded per-client layout: client i's record j sits at flat row
-    i * n1 + j of `x` / `y`; row i * n1 + n1 - 1 is a zero record that padded slots point to."""
+    i * n1 + j of `x` / `y`; padded rows are zero records with zero loss weight.
 
-    flat: torch.Tensor  # [m, steps, B] flat rows into x
-    y: torch.Tensor  # [m, steps, B] labels of those rows
-    weight: torch.Tensor  # [m, steps, B, 1]: 1 / (client's real rows in the batch), 0 on padding
+    Batched (`flat` set): step t's batch is rows flat[:, t] ([m, B], padded slots pointing
+    to each client's last, zero row), with labels y [m, steps, B] and weights [m, steps, B, 1].
+    Full batch (`flat` None): every step takes all of a client's rows, in record order, with
+    labels y [m, n1] and weights [m, n1, 1]."""
+
+    flat: torch.Tensor | None
+    y: torch.Tensor
+    weight: torch.Tensor  # 1 / (client's real rows in the batch), 0 on padding
     x: torch.Tensor  # [m * n1, features]
     active: list[int]  # clients still training at each step (a prefix of the chunk)
-    n1: int  # the largest client's record count + 1 (the padding row)
+    n1: int  # rows per client
 
     @property
     def m(self) -> int:
-        return self.flat.shape[0]
+        return self.x.shape[0] // self.n1
+
+    def rows(self, step: int, m: int) -> torch.Tensor | None:
+        """Step `step`'s batch rows of the first m clients, flat [m * B] (None: all rows)."""
+        return None if self.flat is None else self.flat[:m, step].reshape(-1)
+
+    def labels(self, step: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels [m, rows], loss weights [m, rows, 1]) of that batch."""
+        if self.flat is None:
+            return self.y[:m], self.weight[:m]
+        return self.y[:m, step], self.weight[:m, step]
+
+    def steps(self) -> int:
+        return len(self.active)
+
+    def rows_per_step(self) -> int:
+        return self.n1 if self.flat is None else self.flat.shape[2]
+
+
+def take(t: torch.Tensor, rows: torch.Tensor | None, m: int, n1: int) -> torch.Tensor:
+    """Rows of a flat [clients * n1, k] tensor as [m, rows per client, k] (a view when
+    `rows` is None: all rows of the first m clients)."""
+    if rows is None:
+        return t[: m * n1].view(m, n1, -1)
+    return t.index_select(0, rows).view(m, -1, t.shape[1])
 
 
 def activation_grad(name: str, out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -63,7 +92,7 @@ def record_space_pays(plan: ChunkPlan, out_features: int) -> bool:
     """Whether the first layer is cheaper in record space (multiply-adds per client per round:
     dense forward and update each step, against X W0^T, the Gram matrix, the per-step
     correction and forming W once)."""
-    slots = plan.flat.shape[1] * plan.flat.shape[2]
+    slots = plan.steps() * plan.rows_per_step()
     d, n1, o = plan.x.shape[1], plan.n1, out_features
     return 2 * n1 * d * o + n1 * n1 * d + slots * n1 * o < 2 * slots * d * o
 
@@ -73,34 +102,38 @@ class RecordSpaceLinear:
 
     def __init__(self, w0: torch.Tensor, plan: ChunkPlan) -> None:
         m, n1, d = plan.m, plan.n1, plan.x.shape[1]
-        self.w0, self.x = w0, plan.x.view(m, n1, d)
+        self.n1, self.w0, self.x = n1, w0, plan.x.view(m, n1, d)
         self.xw = plan.x @ w0.t()  # [m * n1, out]: every record times the start weights
         self.gram = torch.bmm(self.x, self.x.transpose(1, 2)).view(m * n1, n1)
         self.coef = w0.new_zeros(m, n1, w0.shape[0])
         self.alpha = w0.new_ones(m, 1, 1)
 
-    def forward(self, flat: torch.Tensor, bias: torch.Tensor, step: int, scaled: bool):
-        """Pre-activations [m, B, out] of the batch rows `flat` [m, B]."""
-        m = flat.shape[0]
-        z = self.xw[flat]
-        if scaled:
-            z.mul_(self.alpha[:m])
-        z.add_(bias.unsqueeze(1))
+    def forward(
+        self, rows: torch.Tensor | None, m: int, bias: torch.Tensor, step: int, scaled: bool
+    ):
+        """Pre-activations [m, rows, out] of the first m clients' batch rows."""
+        xw, b = take(self.xw, rows, m, self.n1), bias.unsqueeze(1)
+        z = torch.addcmul(b, xw, self.alpha[:m]) if scaled else xw + b
         if step > 0:  # C is zero before the first step
-            z.baddbmm_(self.gram[flat], self.coef[:m])
+            z.baddbmm_(take(self.gram, rows, m, self.n1), self.coef[:m])
         return z
 
-    def grad(self, dz: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    def grad(self, dz: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """d(loss)/dC [m, n1, out]: each batch row's dz lands on its record's row."""
+        if rows is None:
+            return dz
         m, o = dz.shape[0], dz.shape[2]
-        g = dz.new_zeros(m, self.coef.shape[1], o)
-        g.view(-1, o).index_add_(0, flat.reshape(-1), dz.reshape(-1, o))
+        g = dz.new_zeros(m, self.n1, o)
+        g.view(-1, o).index_add_(0, rows, dz.reshape(-1, o))
         return g
 
-    def sgd_step(self, dz: torch.Tensor, flat: torch.Tensor, lr: float) -> None:
+    def sgd_step(self, dz: torch.Tensor, rows: torch.Tensor | None, lr: float) -> None:
         """Plain SGD: C -= lr * grad, straight into C's rows."""
-        o = dz.shape[2]
-        self.coef.view(-1, o).index_add_(0, flat.reshape(-1), dz.reshape(-1, o), alpha=-lr)
+        m, o = dz.shape[0], dz.shape[2]
+        if rows is None:
+            self.coef[:m].sub_(dz, alpha=lr)
+        else:
+            self.coef.view(-1, o).index_add_(0, rows, dz.reshape(-1, o), alpha=-lr)
 
     def weights(self, scaled: bool) -> torch.Tensor:
         """W = alpha * W0 + C^T X, stacked [m, out, in]."""
@@ -162,26 +195,27 @@ def train_chunk(
     buffers: list[torch.Tensor | None] = []
     for step, mt in enumerate(plan.active):
         shared = step == 0
-        flat = plan.flat[:mt, step]
+        rows = plan.rows(step, mt)
         params, grads = [], []  # unfused: collected for one sgd_update over all layers
         inputs: dict[int, torch.Tensor] = {}
         outputs: dict[int, torch.Tensor] = {}
-        h = plan.x[flat] if rs is None else flat
+        h = take(plan.x, rows, mt, plan.n1) if rs is None else plan.x
         for i, (kind, name) in enumerate(ops):
             if kind == "act":
                 h = outputs[i] = _ACT[name](h)
                 continue
             b = biases[name] if shared else biases[name][:mt]
             if i == 0 and rs is not None:
-                h = rs.forward(flat, b, step, scaled)
+                h = rs.forward(rows, mt, b, step, scaled)
             else:
                 w = weights[name] if shared else weights[name][:mt]
                 inputs[i] = h
                 h = _linear(h, w, b, shared)
         dz = h.sub_(h.amax(dim=2, keepdim=True)).exp_()  # softmax, in place on the logits
         dz.div_(dz.sum(dim=2, keepdim=True))
-        dz.scatter_add_(2, plan.y[:mt, step].unsqueeze(2), -torch.ones_like(dz[..., :1]))
-        dz.mul_(plan.weight[:mt, step])
+        y, weight = plan.labels(step, mt)
+        dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(dz[..., :1]))
+        dz.mul_(weight)
         for i in reversed(range(len(ops))):
             kind, name = ops[i]
             if kind == "act":
@@ -190,10 +224,10 @@ def train_chunk(
             gb = dz.sum(dim=1)
             if i == 0 and rs is not None:
                 if fused:
-                    rs.sgd_step(dz, flat, s.lr)
+                    rs.sgd_step(dz, rows, s.lr)
                 else:
                     params += [rs.alpha[:mt], rs.coef[:mt]]
-                    grads += [torch.zeros_like(rs.alpha[:mt]), rs.grad(dz, flat)]
+                    grads += [torch.zeros_like(rs.alpha[:mt]), rs.grad(dz, rows)]
                 d_in = None
             else:
                 w = weights[name] if shared else weights[name][:mt]

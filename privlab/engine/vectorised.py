@@ -121,20 +121,36 @@ class VectorisedEngine(Engine):
             yield chunk, self._train_chunk(start, chunk, w)
 
     def _plan(self, chunk: list[int]) -> ChunkPlan:
-        """The chunk's padded batches. Each client draws one permutation per epoch from its
-        own generator, as the sequential path does; padded slots point to its zero row."""
+        """The chunk's batches over its records in a padded per-client layout. Each client
+        draws one permutation per epoch from its own generator, as the sequential path does.
+        When every client's batch holds all its records (full batch), a step is a whole epoch
+        and the permutation only orders the terms of its sum: rows stay in record order."""
         s, bs, epochs = self.settings, self.settings.batch_size, self.settings.local_epochs
         shards = [self.shards[k] for k in chunk]
         sizes = [self._sizes[k] for k in chunk]
-        m, n1 = len(chunk), max(sizes) + 1
-        per_epoch = [s.steps_per_epoch(n) for n in sizes]
-        total_steps = [epochs * p for p in per_epoch]
-        width = max(total_steps) * bs  # one client's row of the plan, flattened
+        full = max(sizes) <= bs
+        m, n1 = len(chunk), max(sizes) + (0 if full else 1)  # + a zero row padded slots use
         perms = [
             torch.randperm(n, generator=sh.generator)
             for sh, n in zip(shards, sizes, strict=True)
             for _ in range(epochs)
         ]
+        # Records in the padded layout: client i's record j at row i * n1 + j.
+        slot = torch.cat([torch.arange(n) + i * n1 for i, n in enumerate(sizes)])
+        x = shards[0].x.new_zeros(m * n1, shards[0].x[0].numel())
+        x[slot] = torch.cat([sh.x.reshape(sh.num_samples, -1) for sh in shards])
+        y = shards[0].y.new_zeros(m * n1)
+        y[slot] = torch.cat([sh.y for sh in shards])
+        if full:
+            real = torch.zeros(m * n1, dtype=x.dtype)
+            real[slot] = 1.0
+            weight = (real.view(m, n1) / torch.tensor(sizes, dtype=x.dtype).view(m, 1)).view(
+                m, n1, 1
+            )
+            return ChunkPlan(None, y.view(m, n1), weight, x, [m] * epochs, n1)
+        per_epoch = [s.steps_per_epoch(n) for n in sizes]
+        total_steps = [epochs * p for p in per_epoch]
+        width = max(total_steps) * bs  # one client's row of the plan, flattened
         # Every record index lands at (client, epoch * steps_per_epoch * B + position) at once.
         seg_len = torch.tensor(sizes).repeat_interleave(epochs)
         rows = torch.arange(m).repeat_interleave(epochs)
@@ -145,15 +161,9 @@ class VectorisedEngine(Engine):
         local = torch.full((m * width,), n1 - 1, dtype=torch.long)
         local[seg_base.repeat_interleave(seg_len) + within] = torch.cat(perms)
         local = local.view(m, max(total_steps), bs)
-        real = (local != n1 - 1).to(shards[0].x.dtype)
+        real = (local != n1 - 1).to(x.dtype)
         weight = (real / real.sum(dim=2, keepdim=True).clamp_min(1)).unsqueeze(3)  # batch means
         flat = local + (torch.arange(m) * n1).view(m, 1, 1)
-        # Records in the padded layout: client i's record j at row i * n1 + j.
-        slot = torch.cat([torch.arange(n) + i * n1 for i, n in enumerate(sizes)])
-        x = shards[0].x.new_zeros(m * n1, shards[0].x[0].numel())
-        x[slot] = torch.cat([sh.x.reshape(sh.num_samples, -1) for sh in shards])
-        y = shards[0].y.new_zeros(m * n1)
-        y[slot] = torch.cat([sh.y for sh in shards])
         active = [sum(t > step for t in total_steps) for step in range(max(total_steps))]
         return ChunkPlan(flat, y[flat], weight, x, active, n1)
 
