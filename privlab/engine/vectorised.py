@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from privlab.engine.base import Chunk, ClientShard, Engine, State, floating_keys
+from privlab.engine.permutations import epoch_permutations
 from privlab.engine.stacked_sgd import ChunkPlan, train_chunk
 from privlab.training import TrainSettings
 
@@ -130,11 +131,8 @@ class VectorisedEngine(Engine):
         sizes = [self._sizes[k] for k in chunk]
         full = max(sizes) <= bs
         m, n1 = len(chunk), max(sizes) + (0 if full else 1)  # + a zero row padded slots use
-        perms = [
-            torch.randperm(n, generator=sh.generator)
-            for sh, n in zip(shards, sizes, strict=True)
-            for _ in range(epochs)
-        ]
+        gens = [sh.generator for sh in shards]
+        perms = epoch_permutations(gens, sizes, epochs, values=not full)
         # Records in the padded layout: client i's record j at row i * n1 + j.
         slot = torch.cat([torch.arange(n) + i * n1 for i, n in enumerate(sizes)])
         x = shards[0].x.new_zeros(m * n1, shards[0].x[0].numel())
@@ -159,7 +157,7 @@ class VectorisedEngine(Engine):
         seg_start = torch.cat([torch.zeros(1, dtype=torch.long), seg_len.cumsum(0)[:-1]])
         within = torch.arange(int(seg_len.sum())) - seg_start.repeat_interleave(seg_len)
         local = torch.full((m * width,), n1 - 1, dtype=torch.long)
-        local[seg_base.repeat_interleave(seg_len) + within] = torch.cat(perms)
+        local[seg_base.repeat_interleave(seg_len) + within] = perms
         local = local.view(m, max(total_steps), bs)
         real = (local != n1 - 1).to(x.dtype)
         weight = (real / real.sum(dim=2, keepdim=True).clamp_min(1)).unsqueeze(3)  # batch means
