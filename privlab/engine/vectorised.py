@@ -82,6 +82,7 @@ class VectorisedEngine(Engine):
     ) -> None:
         super().__init__(shards)
         self._sizes = [sh.num_samples for sh in shards]
+        self._offsets = torch.tensor([0, *self._sizes]).cumsum(0)[:-1]
         arch = linear_stack(model)
         if arch is None:
             raise ValueError("the vectorised engine needs a Flatten-Linear-activation model")
@@ -104,8 +105,19 @@ class VectorisedEngine(Engine):
         return self.settings.local_epochs * self.settings.steps_per_epoch(self._sizes[k])
 
     def train(self, start: State, ids: Sequence[int]) -> Iterator[Chunk]:
+        store = self._store()
         for chunk in self._chunks(ids):
-            yield chunk, self._train_chunk(start, chunk)
+            yield chunk, self._train_chunk(start, chunk, store)
+
+    def _store(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every client's records, read afresh each round (an attack may rewrite a shard in
+        place between rounds), so that a chunk's padded block is one gather."""
+        return (
+            torch.cat(
+                [sh.x.reshape(n, -1) for sh, n in zip(self.shards, self._sizes, strict=True)]
+            ),
+            torch.cat([sh.y for sh in self.shards]),
+        )
 
     def _chunks(self, ids: Sequence[int]) -> Iterator[list[int]]:
         """Bucketing: similar step counts share a chunk, so few padded steps are wasted.
@@ -117,34 +129,35 @@ class VectorisedEngine(Engine):
     def train_sums(
         self, start: State, ids: Sequence[int], coef: dict[int, float]
     ) -> Iterator[Chunk]:
+        store = self._store()
         for chunk in self._chunks(ids):
             w = torch.tensor([coef[k] for k in chunk], dtype=start[self.arch.keys[0]].dtype)
-            yield chunk, self._train_chunk(start, chunk, w)
+            yield chunk, self._train_chunk(start, chunk, store, w)
 
-    def _plan(self, chunk: list[int]) -> ChunkPlan:
+    def _plan(self, chunk: list[int], store: tuple[torch.Tensor, torch.Tensor]) -> ChunkPlan:
         """The chunk's batches over its records in a padded per-client layout. Each client
         draws one permutation per epoch from its own generator, as the sequential path does.
         When every client's batch holds all its records (full batch), a step is a whole epoch
         and the permutation only orders the terms of its sum: rows stay in record order."""
         s, bs, epochs = self.settings, self.settings.batch_size, self.settings.local_epochs
-        shards = [self.shards[k] for k in chunk]
         sizes = [self._sizes[k] for k in chunk]
         full = max(sizes) <= bs
         m, n1 = len(chunk), max(sizes) + (0 if full else 1)  # + a zero row padded slots use
-        gens = [sh.generator for sh in shards]
+        gens = [self.shards[k].generator for k in chunk]
         perms = epoch_permutations(gens, sizes, epochs, values=not full)
         # Records in the padded layout: client i's record j at row i * n1 + j.
-        slot = torch.cat([torch.arange(n) + i * n1 for i, n in enumerate(sizes)])
-        x = shards[0].x.new_zeros(m * n1, shards[0].x[0].numel())
-        x[slot] = torch.cat([sh.x.reshape(sh.num_samples, -1) for sh in shards])
-        y = shards[0].y.new_zeros(m * n1)
-        y[slot] = torch.cat([sh.y for sh in shards])
+        n = torch.tensor(sizes)
+        within = torch.arange(int(n.sum())) - (n.cumsum(0) - n).repeat_interleave(n)
+        slot = (torch.arange(m) * n1).repeat_interleave(n) + within
+        src = self._offsets[torch.tensor(chunk)].repeat_interleave(n) + within
+        x = store[0].new_zeros(m * n1, store[0].shape[1])
+        x[slot] = store[0][src]
+        y = store[1].new_zeros(m * n1)
+        y[slot] = store[1][src]
         if full:
             real = torch.zeros(m * n1, dtype=x.dtype)
             real[slot] = 1.0
-            weight = (real.view(m, n1) / torch.tensor(sizes, dtype=x.dtype).view(m, 1)).view(
-                m, n1, 1
-            )
+            weight = (real.view(m, n1) / n.to(x.dtype).view(m, 1)).view(m, n1, 1)
             return ChunkPlan(None, y.view(m, n1), weight, x, [m] * epochs, n1)
         per_epoch = [s.steps_per_epoch(n) for n in sizes]
         total_steps = [epochs * p for p in per_epoch]
@@ -166,9 +179,13 @@ class VectorisedEngine(Engine):
         return ChunkPlan(flat, y[flat], weight, x, active, n1)
 
     def _train_chunk(
-        self, start: State, chunk: list[int], coef: torch.Tensor | None = None
+        self,
+        start: State,
+        chunk: list[int],
+        store: tuple[torch.Tensor, torch.Tensor],
+        coef: torch.Tensor | None = None,
     ) -> State:
-        plan = self._plan(chunk)
+        plan = self._plan(chunk, store)
         out = train_chunk(
             self.arch.ops, self.settings, start, plan, record_space=self.record_space, coef=coef
         )
