@@ -47,6 +47,7 @@ class ChunkPlan:
     y: torch.Tensor
     weight: torch.Tensor  # 1 / (client's real rows in the batch), 0 on padding
     x: torch.Tensor  # [m * n1, features]
+    real: torch.Tensor  # [m * n1]: 1 on a client's records, 0 on padding rows
     active: list[int]  # clients still training at each step (a prefix of the chunk)
     n1: int  # rows per client
 
@@ -98,25 +99,30 @@ def record_space_pays(plan: ChunkPlan, out_features: int) -> bool:
 
 
 class RecordSpaceLinear:
-    """The chunk's first-layer weights as alpha * W0 + C^T X per client (see module doc)."""
+    """The chunk's first-layer weights and bias in record space (see module doc): each record
+    gets a constant feature r = 1 (0 on padding rows), so [W | b] = alpha * [W0 | b0] + C^T
+    [X | r] and the bias needs no separate sums or updates."""
 
-    def __init__(self, w0: torch.Tensor, plan: ChunkPlan) -> None:
+    def __init__(self, w0: torch.Tensor, b0: torch.Tensor, plan: ChunkPlan) -> None:
         m, n1, d = plan.m, plan.n1, plan.x.shape[1]
-        self.n1, self.w0, self.x = n1, w0, plan.x.view(m, n1, d)
-        self.xw = plan.x @ w0.t()  # [m * n1, out]: every record times the start weights
-        self.gram = torch.bmm(self.x, self.x.transpose(1, 2)).view(m * n1, n1)
+        self.n1, self.w0, self.b0, self.x = n1, w0, b0, plan.x.view(m, n1, d)
+        self.real = plan.real.view(m, n1, 1)
+        # Every record times the start weights, plus the start bias: [m * n1, out].
+        self.xw = torch.addmm(b0, plan.x, w0.t())
+        gram = torch.baddbmm(self.real * self.real.transpose(1, 2), self.x, self.x.transpose(1, 2))
+        self.gram = gram.view(m * n1, n1)
         self.coef = w0.new_zeros(m, n1, w0.shape[0])
         self.alpha = w0.new_ones(m, 1, 1)
 
-    def forward(
-        self, rows: torch.Tensor | None, m: int, bias: torch.Tensor, step: int, scaled: bool
-    ):
-        """Pre-activations [m, rows, out] of the first m clients' batch rows."""
-        xw, b = take(self.xw, rows, m, self.n1), bias.unsqueeze(1)
-        z = torch.addcmul(b, xw, self.alpha[:m]) if scaled else xw + b
-        if step > 0:  # C is zero before the first step
-            z.baddbmm_(take(self.gram, rows, m, self.n1), self.coef[:m])
-        return z
+    def forward(self, rows: torch.Tensor | None, m: int, step: int, scaled: bool):
+        """Pre-activations [m, rows, out] of the first m clients' batch rows (a new tensor)."""
+        xw = take(self.xw, rows, m, self.n1)
+        if step == 0:  # alpha is 1 and C zero before the first step
+            return xw.clone() if rows is None else xw
+        gram = take(self.gram, rows, m, self.n1)
+        if scaled:
+            return (xw * self.alpha[:m]).baddbmm_(gram, self.coef[:m])
+        return torch.baddbmm(xw, gram, self.coef[:m])
 
     def grad(self, dz: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """d(loss)/dC [m, n1, out]: each batch row's dz lands on its record's row."""
@@ -135,20 +141,23 @@ class RecordSpaceLinear:
         else:
             self.coef.view(-1, o).index_add_(0, rows, dz.reshape(-1, o), alpha=-lr)
 
-    def weights(self, scaled: bool) -> torch.Tensor:
-        """W = alpha * W0 + C^T X, stacked [m, out, in]."""
-        base = self.w0.expand(self.x.shape[0], -1, -1)
+    def weights(self, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """W = alpha * W0 + C^T X [m, out, in] and b = alpha * b0 + C^T r [m, out]."""
+        m = self.x.shape[0]
+        ct = self.coef.transpose(1, 2)
+        w, b = self.w0.expand(m, -1, -1), self.b0.expand(m, -1)
         if scaled:
-            return torch.baddbmm(base * self.alpha, self.coef.transpose(1, 2), self.x)
-        return torch.baddbmm(base, self.coef.transpose(1, 2), self.x)
+            w, b = w * self.alpha, b * self.alpha.view(m, 1)
+        return torch.baddbmm(w, ct, self.x), b + torch.bmm(ct, self.real).view(m, -1)
 
-    def weighted_sum(self, coef: torch.Tensor) -> torch.Tensor:
-        """sum_i coef_i W_i = (sum_i coef_i alpha_i) W0 + (coef * C)^T X over all clients'
-        records at once: one large matrix product, no per-client weights."""
+    def weighted_sum(self, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum_i coef_i [W_i | b_i] = (sum_i coef_i alpha_i) [W0 | b0] + (coef * C)^T [X | r]
+        over all clients' records at once: one large matrix product, no per-client weights."""
         m, n1, o = self.coef.shape
         c = (self.coef * coef.view(m, 1, 1)).view(m * n1, o)
         beta = float(coef @ self.alpha.view(m))
-        return torch.addmm(self.w0, c.t(), self.x.view(m * n1, -1), beta=beta)
+        w = torch.addmm(self.w0, c.t(), self.x.view(m * n1, -1), beta=beta)
+        return w, torch.addmv(self.b0, c.t(), self.real.view(-1), beta=beta)
 
 
 def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -186,12 +195,13 @@ def train_chunk(
     fused = s.momentum == 0 and s.weight_decay == 0  # the SGD step as one batched product
     scaled = s.weight_decay != 0 or s.fedprox_mu > 0  # alpha moves away from 1
     first = ops[0][1]
-    w0 = start[f"{first}.weight"].detach()
+    w0, b0 = start[f"{first}.weight"].detach(), start[f"{first}.bias"].detach()
     if record_space is None:
         record_space = record_space_pays(plan, w0.shape[0])
-    rs = RecordSpaceLinear(w0, plan) if record_space else None
-    weights = {n: start[f"{n}.weight"].detach().unsqueeze(0) for k, n in ops if k == "linear"}
-    biases = {n: start[f"{n}.bias"].detach().unsqueeze(0) for k, n in ops if k == "linear"}
+    rs = RecordSpaceLinear(w0, b0, plan) if record_space else None
+    dense = [n for i, (k, n) in enumerate(ops) if k == "linear" and (i > 0 or rs is None)]
+    weights = {n: start[f"{n}.weight"].detach().unsqueeze(0) for n in dense}
+    biases = {n: start[f"{n}.bias"].detach().unsqueeze(0) for n in dense}
     buffers: list[torch.Tensor | None] = []
     for step, mt in enumerate(plan.active):
         shared = step == 0
@@ -204,13 +214,13 @@ def train_chunk(
             if kind == "act":
                 h = outputs[i] = _ACT[name](h)
                 continue
-            b = biases[name] if shared else biases[name][:mt]
             if i == 0 and rs is not None:
-                h = rs.forward(rows, mt, b, step, scaled)
-            else:
-                w = weights[name] if shared else weights[name][:mt]
-                inputs[i] = h
-                h = _linear(h, w, b, shared)
+                h = rs.forward(rows, mt, step, scaled)
+                continue
+            w = weights[name] if shared else weights[name][:mt]
+            b = biases[name] if shared else biases[name][:mt]
+            inputs[i] = h
+            h = _linear(h, w, b, shared)
         dz = h.sub_(h.amax(dim=2, keepdim=True)).exp_()  # softmax, in place on the logits
         dz.div_(dz.sum(dim=2, keepdim=True))
         y, weight = plan.labels(step, mt)
@@ -221,27 +231,26 @@ def train_chunk(
             if kind == "act":
                 dz = activation_grad(name, outputs[i], dz)
                 continue
-            gb = dz.sum(dim=1)
             if i == 0 and rs is not None:
                 if fused:
                     rs.sgd_step(dz, rows, s.lr)
                 else:
                     params += [rs.alpha[:mt], rs.coef[:mt]]
                     grads += [torch.zeros_like(rs.alpha[:mt]), rs.grad(dz, rows)]
-                d_in = None
+                continue
+            gb = dz.sum(dim=1)
+            w = weights[name] if shared else weights[name][:mt]
+            d_in = _back_linear(dz, w, shared) if i > 0 else None  # weights before the step
+            dzt = dz.transpose(1, 2)
+            if not fused:
+                if shared:  # each client gets its own copy
+                    weights[name] = w = _tile(w[0], mt)
+                params.append(w)
+                grads.append(torch.bmm(dzt, inputs[i]))
+            elif shared:
+                weights[name] = torch.baddbmm(w.expand(mt, -1, -1), dzt, inputs[i], alpha=-s.lr)
             else:
-                w = weights[name] if shared else weights[name][:mt]
-                d_in = _back_linear(dz, w, shared) if i > 0 else None  # weights before the step
-                dzt = dz.transpose(1, 2)
-                if not fused:
-                    if shared:  # each client gets its own copy
-                        weights[name] = w = _tile(w[0], mt)
-                    params.append(w)
-                    grads.append(torch.bmm(dzt, inputs[i]))
-                elif shared:
-                    weights[name] = torch.baddbmm(w.expand(mt, -1, -1), dzt, inputs[i], alpha=-s.lr)
-                else:
-                    w.baddbmm_(dzt, inputs[i], alpha=-s.lr)
+                w.baddbmm_(dzt, inputs[i], alpha=-s.lr)
             if fused and shared:
                 biases[name] = biases[name] - s.lr * gb
             elif fused:
@@ -267,8 +276,8 @@ def train_chunk(
     if coef is not None:
         out = {k: torch.tensordot(coef, v, dims=1) for k, v in out.items()}
     if rs is not None:
-        w1 = rs.weights(scaled) if coef is None else rs.weighted_sum(coef)
-        out[f"{first}.weight"] = w1
+        w1, b1 = rs.weights(scaled) if coef is None else rs.weighted_sum(coef)
+        out[f"{first}.weight"], out[f"{first}.bias"] = w1, b1
     return out
 
 
@@ -279,12 +288,12 @@ def _proximal(ops, rs, weights, biases, start, mt: int, s: TrainSettings) -> Non
     for i, (kind, name) in enumerate(ops):
         if kind != "linear":
             continue
-        if i == 0 and rs is not None:
+        if i == 0 and rs is not None:  # the bias is part of C
             params += [rs.alpha[:mt], rs.coef[:mt]]
             anchor += [torch.ones(()), torch.zeros(())]
-        else:
-            params.append(weights[name][:mt])
-            anchor.append(start[f"{name}.weight"].detach().unsqueeze(0))
+            continue
+        params.append(weights[name][:mt])
+        anchor.append(start[f"{name}.weight"].detach().unsqueeze(0))
         params.append(biases[name][:mt])
         anchor.append(start[f"{name}.bias"].detach().unsqueeze(0))
     proximal_update(params, anchor, lr=s.lr, mu=s.fedprox_mu)

@@ -154,11 +154,11 @@ class VectorisedEngine(Engine):
         x[slot] = store[0][src]
         y = store[1].new_zeros(m * n1)
         y[slot] = store[1][src]
+        real = torch.zeros(m * n1, dtype=x.dtype)
+        real[slot] = 1.0
         if full:
-            real = torch.zeros(m * n1, dtype=x.dtype)
-            real[slot] = 1.0
             weight = (real.view(m, n1) / n.to(x.dtype).view(m, 1)).view(m, n1, 1)
-            return ChunkPlan(None, y.view(m, n1), weight, x, [m] * epochs, n1)
+            return ChunkPlan(None, y.view(m, n1), weight, x, real, [m] * epochs, n1)
         per_epoch = [s.steps_per_epoch(n) for n in sizes]
         total_steps = [epochs * p for p in per_epoch]
         width = max(total_steps) * bs  # one client's row of the plan, flattened
@@ -172,11 +172,11 @@ class VectorisedEngine(Engine):
         local = torch.full((m * width,), n1 - 1, dtype=torch.long)
         local[seg_base.repeat_interleave(seg_len) + within] = perms
         local = local.view(m, max(total_steps), bs)
-        real = (local != n1 - 1).to(x.dtype)
-        weight = (real / real.sum(dim=2, keepdim=True).clamp_min(1)).unsqueeze(3)  # batch means
+        taken = (local != n1 - 1).to(x.dtype)
+        weight = (taken / taken.sum(dim=2, keepdim=True).clamp_min(1)).unsqueeze(3)  # means
         flat = local + (torch.arange(m) * n1).view(m, 1, 1)
         active = [sum(t > step for t in total_steps) for step in range(max(total_steps))]
-        return ChunkPlan(flat, y[flat], weight, x, active, n1)
+        return ChunkPlan(flat, y[flat], weight, x, real, active, n1)
 
     def _train_chunk(
         self,
