@@ -227,3 +227,23 @@ def test_train_sums_is_the_weighted_sum_of_trained_weights(settings, record_spac
     assert sorted(seen) == ids
     for key in start:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def test_vectorised_engine_reads_shards_rewritten_in_place() -> None:
+    """A data-poisoning attack rewrites a shard's tensors in place between rounds: the next
+    round trains on the new records (the engine's record store is rebuilt)."""
+    settings, sizes = RECIPES[0], [6, 9, 4]
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    seq_shards, vec_shards = _shards(sizes), _shards(sizes)
+    seq = SequentialEngine(seq_shards, model, settings)
+    vec = VectorisedEngine(vec_shards, model, settings)
+    for r in range(3):
+        if r:
+            for shards in (seq_shards, vec_shards):
+                shards[1].y.copy_((shards[1].y + 1) % 5)
+                shards[2].x.mul_(-1)
+        want, got = _collect(seq, start, [0, 1, 2]), _collect(vec, start, [0, 1, 2])
+        for k in want:
+            for key in want[k]:
+                torch.testing.assert_close(got[k][key], want[k][key], rtol=1e-5, atol=1e-6)

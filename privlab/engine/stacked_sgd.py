@@ -165,7 +165,10 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> 
     state, before the first step) is one large matrix product instead of m small ones."""
     if shared:
         m, bsz, d = h.shape
-        return torch.addmm(b[0], h.reshape(m * bsz, d), w[0].t()).view(m, bsz, -1)
+        h2 = h.reshape(m * bsz, d)
+        if w.shape[1] <= 32:  # narrow (logits): W h^T is the faster product for the BLAS
+            return torch.addmm(b[0].unsqueeze(1), w[0], h2.t()).t().contiguous().view(m, bsz, -1)
+        return torch.addmm(b[0], h2, w[0].t()).view(m, bsz, -1)
     return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
 

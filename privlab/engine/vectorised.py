@@ -83,6 +83,7 @@ class VectorisedEngine(Engine):
         super().__init__(shards)
         self._sizes = [sh.num_samples for sh in shards]
         self._offsets = torch.tensor([0, *self._sizes]).cumsum(0)[:-1]
+        self._stored: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         arch = linear_stack(model)
         if arch is None:
             raise ValueError("the vectorised engine needs a Flatten-Linear-activation model")
@@ -110,14 +111,16 @@ class VectorisedEngine(Engine):
             yield chunk, self._train_chunk(start, chunk, store)
 
     def _store(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every client's records, read afresh each round (an attack may rewrite a shard in
-        place between rounds), so that a chunk's padded block is one gather."""
-        return (
-            torch.cat(
+        """Every client's records in one tensor, so that a chunk's padded block is one gather;
+        rebuilt when a shard's tensors changed (an attack may rewrite them in place between
+        rounds: torch counts in-place writes in each tensor's version)."""
+        stamp = tuple((id(sh.x), sh.x._version, id(sh.y), sh.y._version) for sh in self.shards)
+        if self._stored is None or self._stored[0] != stamp:
+            x = torch.cat(
                 [sh.x.reshape(n, -1) for sh, n in zip(self.shards, self._sizes, strict=True)]
-            ),
-            torch.cat([sh.y for sh in self.shards]),
-        )
+            )
+            self._stored = (stamp, (x, torch.cat([sh.y for sh in self.shards])))
+        return self._stored[1]
 
     def _chunks(self, ids: Sequence[int]) -> Iterator[list[int]]:
         """Bucketing: similar step counts share a chunk, so few padded steps are wasted.
