@@ -17,8 +17,12 @@ with the SGD, momentum and proximal arithmetic applied to (alpha, C) instead of 
 elementwise functions (privlab.engine.sgd). A forward pass is then alpha * (x W0^T) + (x X^T) C:
 X W0^T is one large matrix product per round shared by all steps, x X^T are rows of the
 client's Gram matrix, and the per-step cost falls from batch * in * out to batch * n * out; W
-itself is formed once, at the end of the round. Results equal the dense path's to rounding
-(tests/test_engine.py checks both against the sequential engine).
+itself is formed once, at the end of the round, or not at all when only a weighted mean over
+clients is wanted (sum_i c_i C_i^T X_i is one product over every record). The bias rides along
+as a constant record feature. `record_space_pays` picks the form by counting multiply-adds
+(e.g. 12 records of 64 features into 256 hidden units, 4 full-batch steps: ~2.8x fewer).
+Results equal the dense path's to rounding (tests/test_engine.py checks both against the
+sequential engine).
 """
 
 from __future__ import annotations
