@@ -34,6 +34,7 @@ import torch
 from privlab.engine.sgd import proximal_update, sgd_update
 from privlab.training import TrainSettings
 
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
 _ACT = {"relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_}  # on fresh outputs
 
 
@@ -66,7 +67,7 @@ class ChunkPlan:
     def labels(self, step: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(labels [m, rows], loss weights [m, rows, 1]) of that batch."""
         if self.flat is None:
-            return self.y[:m], self.weight[:m]
+            return _prefix(self.y, m), _prefix(self.weight, m)
         return self.y[:m, step], self.weight[:m, step]
 
     def steps(self) -> int:
@@ -80,14 +81,14 @@ def take(t: torch.Tensor, rows: torch.Tensor | None, m: int, n1: int) -> torch.T
     """Rows of a flat [clients * n1, k] tensor as [m, rows per client, k] (a view when
     `rows` is None: all rows of the first m clients)."""
     if rows is None:
-        return t[: m * n1].view(m, n1, -1)
+        return _prefix(t, m * n1).view(m, n1, -1)
     return t.index_select(0, rows).view(m, -1, t.shape[1])
 
 
 def activation_grad(name: str, out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """d(loss)/d(pre-activation) from the activation's output and d(loss)/d(output)."""
     if name == "relu":  # ReLU's own backward kernel: one pass over the tensor
-        return torch.ops.aten.threshold_backward(grad, out, 0)
+        return _THRESHOLD_BACKWARD(grad, out, 0)
     if name == "tanh":
         return grad * (1 - out * out)
     return grad * out * (1 - out)  # sigmoid
@@ -125,8 +126,8 @@ class RecordSpaceLinear:
             return xw.clone() if rows is None else xw
         gram = take(self.gram, rows, m, self.n1)
         if scaled:
-            return (xw * self.alpha[:m]).baddbmm_(gram, self.coef[:m])
-        return torch.baddbmm(xw, gram, self.coef[:m])
+            return (xw * self.alpha[:m]).baddbmm_(gram, _prefix(self.coef, m))
+        return torch.baddbmm(xw, gram, _prefix(self.coef, m))
 
     def grad(self, dz: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
         """d(loss)/dC [m, n1, out]: each batch row's dz lands on its record's row."""
@@ -141,7 +142,7 @@ class RecordSpaceLinear:
         """Plain SGD: C -= lr * grad, straight into C's rows."""
         m, o = dz.shape[0], dz.shape[2]
         if rows is None:
-            self.coef[:m].sub_(dz, alpha=lr)
+            _prefix(self.coef, m).sub_(dz, alpha=lr)
         else:
             self.coef.view(-1, o).index_add_(0, rows, dz.reshape(-1, o), alpha=-lr)
 
@@ -210,6 +211,7 @@ def train_chunk(
     weights = {n: start[f"{n}.weight"].detach().unsqueeze(0) for n in dense}
     biases = {n: start[f"{n}.bias"].detach().unsqueeze(0) for n in dense}
     buffers: list[torch.Tensor | None] = []
+    minus = plan.x.new_full((plan.m, plan.rows_per_step(), 1), -1.0)  # the one-hot's -1
     for step, mt in enumerate(plan.active):
         shared = step == 0
         rows = plan.rows(step, mt)
@@ -224,14 +226,14 @@ def train_chunk(
             if i == 0 and rs is not None:
                 h = rs.forward(rows, mt, step, scaled)
                 continue
-            w = weights[name] if shared else weights[name][:mt]
-            b = biases[name] if shared else biases[name][:mt]
+            w = weights[name] if shared else _prefix(weights[name], mt)
+            b = biases[name] if shared else _prefix(biases[name], mt)
             inputs[i] = h
             h = _linear(h, w, b, shared)
         dz = h.sub_(h.amax(dim=2, keepdim=True)).exp_()  # softmax, in place on the logits
         dz.div_(dz.sum(dim=2, keepdim=True))
         y, weight = plan.labels(step, mt)
-        dz.scatter_add_(2, y.unsqueeze(2), -torch.ones_like(dz[..., :1]))
+        dz.scatter_add_(2, y.unsqueeze(2), _prefix(minus, mt))
         dz.mul_(weight)
         for i in reversed(range(len(ops))):
             kind, name = ops[i]
@@ -246,7 +248,7 @@ def train_chunk(
                     grads += [torch.zeros_like(rs.alpha[:mt]), rs.grad(dz, rows)]
                 continue
             gb = dz.sum(dim=1)
-            w = weights[name] if shared else weights[name][:mt]
+            w = weights[name] if shared else _prefix(weights[name], mt)
             d_in = _back_linear(dz, w, shared) if i > 0 else None  # weights before the step
             dzt = dz.transpose(1, 2)
             if not fused:
@@ -261,7 +263,7 @@ def train_chunk(
             if fused and shared:
                 biases[name] = biases[name] - s.lr * gb
             elif fused:
-                biases[name][:mt].sub_(gb, alpha=s.lr)
+                _prefix(biases[name], mt).sub_(gb, alpha=s.lr)
             else:
                 if shared:
                     biases[name] = _tile(biases[name][0], mt)
@@ -304,6 +306,11 @@ def _proximal(ops, rs, weights, biases, start, mt: int, s: TrainSettings) -> Non
         params.append(biases[name][:mt])
         anchor.append(start[f"{name}.bias"].detach().unsqueeze(0))
     proximal_update(params, anchor, lr=s.lr, mu=s.fedprox_mu)
+
+
+def _prefix(t: torch.Tensor, m: int) -> torch.Tensor:
+    """The first m clients' slice (t itself when it holds exactly m: no view to build)."""
+    return t if t.shape[0] == m else t[:m]
 
 
 def _tile(t: torch.Tensor, m: int) -> torch.Tensor:
