@@ -215,6 +215,7 @@ def fit_reference(
         dp=shadow.dp,
         update_transforms=shadow.transforms,
         defenses_key=shadow.key,
+        trainer="sequential" if recipe.engine == "sequential" else "auto",
     )
     models, hit = train_reference_models(job, view.model_factory, use_cache=cache)
     eval_x = cx if extra_eval is None else np.concatenate([cx, extra_eval])

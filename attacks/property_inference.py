@@ -18,7 +18,9 @@ a random stream of its own, never the vehicles' records). It simulates `shadow_v
 vehicles per region, passes their images through the bottom model the target vehicle started
 its turn with, and trains a logistic-regression meta-classifier on the shadow summaries. Graded
 by the referee against the true regions: accuracy with its class-prior baseline (the majority
-region's share among the target vehicles) and a Clopper-Pearson 95% interval.
+region's share among the target vehicles) and a Clopper-Pearson 95% interval. With server
+pretraining (`topology.params.pretrain`) the first vehicle's bottom is the server's own base
+model. `adaptive = true`: the shadow activations get the variant's activation noise too.
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ from privlab.attacks.base import (
     RefereeTruth,
     ThreatModel,
 )
+from privlab.attacks.split_common import adversary_seed, digest
+from privlab.attacks.split_inversion import defense_noise_sigma
 from privlab.errors import PrivlabError, ScenarioError
 from privlab.wire import SERVER, Message
+
+_PREDICTIONS: dict[str, dict[int, int]] = {}
+"""The last prediction, kept for an identical request (one entry)."""
 
 
 def _client_id(party: str) -> int:
@@ -112,6 +119,9 @@ class RouteInferenceParams(BaseModel):
     statistics: Literal["mean_std", "mean"] = "mean_std"
     """Set summary: per-feature mean and std, or the mean only (zero-mean activation noise
     leaves the mean unbiased but inflates the std the shadow vehicles never saw)."""
+    adaptive: bool = False
+    """Kerckhoffs: pass the shadow activations through the variant's activation noise (same
+    sigma, from the public recipe) before summarising them."""
 
 
 class RouteInferenceAttack(Attack):
@@ -127,14 +137,13 @@ class RouteInferenceAttack(Attack):
         self.bottoms: dict[int, tuple[int, dict[str, torch.Tensor]]] = {}
 
     def threat_model(self) -> ThreatModel:
-        return ThreatModel(
-            adversary="cut_layer",
-            party=SERVER,
-            knowledge=(
-                "auxiliary labelled images from each region (public class mix and conditions)",
-                "bottom weights relayed by server",
-            ),
+        knowledge = (
+            "auxiliary labelled images from each region (public class mix and conditions)",
+            "bottom weights relayed by server (with pretraining: the base model it trained)",
         )
+        if self.params.adaptive:
+            knowledge += ("the variant's defense and its parameters (public recipe)",)
+        return ThreatModel(adversary="cut_layer", party=SERVER, knowledge=knowledge)
 
     def check_setting(self, scenario, input_shape, num_classes) -> None:  # type: ignore[no-untyped-def]
         from privlab.topologies.split import split_params
@@ -162,17 +171,38 @@ class RouteInferenceAttack(Attack):
             self.bottoms[_client_id(msg.receiver)] = (msg.round, msg.payload)
 
     def finalize(self, view: FinalView) -> RoutePredictions:
-        from privlab.data_traffic_signs import TrafficSignsParams, drive
-        from privlab.topologies.split import cut_model, split_params
-
         if not self.bottoms:
             raise PrivlabError(f"{self.field}: the server saw no bottom model")
-        data = TrafficSignsParams(**view.recipe.data.params)
         targets = {
             k: torch.cat(self.activations[(r, k)])
             for k, (r, _) in self.bottoms.items()
             if self.activations.get((r, k))
         }
+        sigma = defense_noise_sigma(view) if self.params.adaptive else 0.0
+        states = [t for k in sorted(targets) for t in self.bottoms[k][1].values()]
+        key = digest(
+            *[targets[k] for k in sorted(targets)],
+            *states,
+            self.params.model_dump(exclude={"adaptive"}),
+            sigma,
+            view.recipe.seed,
+            view.recipe.data.params,
+            sorted(targets),
+        )
+        if key not in _PREDICTIONS:  # naive and adaptive coincide where no noise is added
+            _PREDICTIONS.clear()
+            _PREDICTIONS[key] = self._predict(view, targets, sigma)
+        return RoutePredictions(
+            dict(_PREDICTIONS[key]), dict(view.recipe.data.params), view.recipe.seed
+        )
+
+    def _predict(
+        self, view: FinalView, targets: dict[int, torch.Tensor], sigma: float
+    ) -> dict[int, int]:
+        from privlab.data_traffic_signs import TrafficSignsParams, drive
+        from privlab.topologies.split import cut_model, split_params
+
+        data = TrafficSignsParams(**view.recipe.data.params)
         n_per = int(np.median([len(z) for z in targets.values()]))
         rng = np.random.default_rng([view.recipe.seed, 60_221])  # the server's own stream
         shadow_x, shadow_region = [], []
@@ -185,14 +215,20 @@ class RouteInferenceAttack(Attack):
         bottom, _, _ = cut_model(view.model_factory(), split_params(view.recipe))
         predicted: dict[int, int] = {}
         std = self.params.statistics == "mean_std"
+        gen = torch.Generator().manual_seed(adversary_seed(view.recipe.seed, "route_noise"))
+
+        def observed(x: torch.Tensor) -> torch.Tensor:
+            z = bottom(x)
+            return z + sigma * torch.randn(z.shape, generator=gen) if sigma > 0 else z
+
         for k, z in sorted(targets.items()):
             state = self.bottoms[k][1]
             bottom.load_state_dict({n: v for n, v in state.items() if n in bottom.state_dict()})
             with torch.no_grad():
-                feats = np.stack([set_summary(bottom(x), std) for x in shadow_x])
+                feats = np.stack([set_summary(observed(x), std) for x in shadow_x])
             meta = make_pipeline(
                 StandardScaler(), LogisticRegression(C=self.params.C, max_iter=1000)
             )
             meta.fit(feats, y_meta)
             predicted[k] = int(meta.predict(set_summary(z, std)[None])[0])
-        return RoutePredictions(predicted, dict(view.recipe.data.params), view.recipe.seed)
+        return predicted

@@ -15,6 +15,7 @@ plainly, which the attack's artifacts state.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,10 @@ def _dp_claim(defense: Any, view: FinalView, lane_size: int) -> PrivateRecipe | 
     )
 
 
+def _transform(defense: Any, update: dict, generator: torch.Generator) -> dict:
+    return defense.transform(update, generator=generator)
+
+
 def shadow_defenses(view: FinalView, lane_size: int) -> ShadowDefenses:
     """Rebuild the variant's defenses from the public recipe and keep what shadows mirror."""
     out = ShadowDefenses()
@@ -82,7 +87,7 @@ def shadow_defenses(view: FinalView, lane_size: int) -> ShadowDefenses:
             out.dp = dp
             out.mirrored.append({**defense.describe(), "as": dp.__dict__})
         elif placement == Placement.CLIENT_UPDATE:
-            transforms.append(lambda u, g, d=defense: d.transform(u, generator=g))
+            transforms.append(functools.partial(_transform, defense))  # picklable
             out.mirrored.append(defense.describe())
         elif placement == Placement.TRANSPORT:
             continue  # the server learns the exact aggregate: nothing changes for shadows

@@ -3,6 +3,7 @@ and the referee's grading of reconstructed inputs beside the population-mean bas
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,18 @@ def adversary_seed(seed: int, purpose: str) -> int:
     no party's model initialisation uses (mixed with the purpose through a SeedSequence)."""
     tag = zlib.crc32(purpose.encode())
     return int(np.random.SeedSequence([seed, tag, 0xAD7E]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def digest(*parts: object) -> str:
+    """sha256 over tensors' bytes and other parts' reprs: the key of a one-entry cache that
+    lets two attacks asking the same question (naive and adaptive, no noise) share one answer."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, torch.Tensor):
+            h.update(part.detach().contiguous().numpy().tobytes())
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()
 
 
 @contextmanager

@@ -1,13 +1,5 @@
-"""Input reconstruction at the cut layer of split learning (label leakage: split_label_leakage).
-
-Activation inversion by an inverse model (He et al. 2019, "Model inversion attacks against
-collaborative inference", ACSAC): the server holds auxiliary records of the same distribution
-(here: the population data no client trains on) and the bottom weights (relayed through it when
-`handoff = "server"`); it trains a decoder from activations back to inputs and applies it to
-the activations clients sent. Graded as MSE (and PSNR, SSIM for images) against the true
-inputs, each beside the score of the population mean record (the know-nothing baseline).
-Qualitative result reproduced: inversion is far better than that baseline without defense;
-NoPeek and activation noise make it worse.
+"""Input reconstruction at the cut layer of split learning (label leakage: split_label_leakage;
+the inverse-model attack of He et al. 2019: split_inversion).
 
 UnSplit (Erdogan et al. 2022) needs no bottom weights: its surrogate starts from the server's
 own random initialisation (`adversary_rng`), never from the clients' seeded initial weights.
@@ -33,107 +25,18 @@ from privlab.attacks.split_common import (
     population_prior,
 )
 from privlab.attacks.split_common import client_id as _client_id
+from privlab.attacks.split_inversion import (  # noqa: F401  (moved: old import path)
+    ActivationInversionAttack,
+    InversionParams,
+    train_decoder,
+)
 from privlab.attacks.split_label_leakage import (  # noqa: F401  (registry path)
     LabelLeakageAttack,
     cosine_scores,
     norm_scores,
 )
-from privlab.errors import PrivlabError, ScenarioError
+from privlab.errors import PrivlabError
 from privlab.wire import SERVER, Message
-
-# --------------------------------------------------------------------------- inversion
-
-
-class InversionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    hidden: int = Field(default=256, ge=1)
-    epochs: int = Field(default=200, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    max_examples: int = Field(default=256, ge=1)
-
-
-class ActivationInversionAttack(Attack):
-    """Inverse-model reconstruction of client inputs from activations (He et al. 2019)."""
-
-    family = "input_reconstruction"
-    Params = InversionParams
-    topologies = frozenset({"split"})
-
-    def __init__(self, spec, field) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(spec, field)
-        self.activations: dict[BatchKey, torch.Tensor] = {}
-        self._count: dict[tuple[int, str], int] = defaultdict(int)
-        self.bottom: tuple[int, int, dict[str, torch.Tensor]] | None = None
-
-    def threat_model(self) -> ThreatModel:
-        return ThreatModel(
-            adversary="cut_layer",
-            party=SERVER,
-            knowledge=("auxiliary data from the population", "bottom weights relayed by server"),
-        )
-
-    def check_setting(self, scenario, input_shape, num_classes) -> None:  # type: ignore[no-untyped-def]
-        from privlab.topologies.split import split_params
-
-        if scenario.topology.name != "split":
-            return
-        if split_params(scenario).handoff != "server" or scenario.partition.num_clients < 2:
-            raise ScenarioError(
-                f"{self.field}.name: '{self.spec.name}' needs the server to see the bottom "
-                "model: set topology.params.handoff = 'server' and use 2 or more clients"
-            )
-
-    def observe(self, msg: Message) -> None:
-        if msg.kind == "activations" and msg.receiver == SERVER:
-            n = self._count[(msg.round, msg.sender)]
-            self._count[(msg.round, msg.sender)] += 1
-            self.activations[(msg.round, _client_id(msg.sender), n)] = msg.payload.detach()
-        elif msg.kind == "bottom_model" and msg.sender == SERVER:
-            self.bottom = (msg.round, _client_id(msg.receiver), msg.payload)
-
-    def finalize(self, view: FinalView) -> Reconstructions:
-        from privlab.topologies.split import cut_model, split_params
-
-        if self.bottom is None or view.population is None:
-            raise PrivlabError(f"{self.field}: the server saw no bottom model to invert")
-        r, k, state = self.bottom
-        bottom, _, _ = cut_model(view.model_factory(), split_params(view.recipe))
-        bottom.load_state_dict({n: v for n, v in state.items() if n in bottom.state_dict()})
-        targets = sorted(key for key in self.activations if key[:2] == (r, k))
-        x_aux = torch.as_tensor(view.population.x)
-        with torch.no_grad():
-            z_aux = bottom(x_aux)
-        with adversary_rng(view.recipe.seed, "inverse_model"):
-            decoder = train_decoder(z_aux, x_aux, self.params)
-        out: dict[BatchKey, np.ndarray] = {}
-        total = 0
-        with torch.no_grad():
-            for key in targets:
-                if total >= self.params.max_examples:
-                    break
-                z = self.activations[key]
-                out[key] = decoder(z.reshape(len(z), -1)).reshape(len(z), *x_aux.shape[1:]).numpy()
-                total += len(z)
-        return Reconstructions(
-            out, image=x_aux.dim() == 4, prior=population_prior(view), seed=view.recipe.seed
-        )
-
-
-def train_decoder(z: torch.Tensor, x: torch.Tensor, p: InversionParams) -> nn.Module:
-    """An MLP decoder z -> x trained with MSE on auxiliary pairs (full batch, Adam), initialised
-    from the global torch RNG (callers wrap it in `adversary_rng`)."""
-    zf, xf = z.reshape(len(z), -1), x.reshape(len(x), -1)
-    decoder = nn.Sequential(
-        nn.Linear(zf.shape[1], p.hidden), nn.ReLU(), nn.Linear(p.hidden, xf.shape[1])
-    )
-    opt = torch.optim.Adam(decoder.parameters(), lr=p.lr)
-    for _ in range(p.epochs):
-        opt.zero_grad()
-        loss = nn.functional.mse_loss(decoder(zf), xf)
-        loss.backward()
-        opt.step()
-    return decoder
-
 
 # --------------------------------------------------------------------------- UnSplit
 

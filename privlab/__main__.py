@@ -1,3 +1,4 @@
 from privlab.cli import main
 
-main()
+if __name__ == "__main__":  # spawned worker processes (workers > 1) import this module too
+    main()

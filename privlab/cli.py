@@ -312,12 +312,23 @@ def run(
         str | None,
         typer.Option("--backend", help="Where variants run: local, or ray (privlab[ray])."),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=256,
+            help="Local worker processes for variants or reference models (default 1).",
+        ),
+    ] = None,
 ) -> None:
     """Run a scenario: train every variant, run its attacks, write results.json and report.html."""
     from privlab.scenario import load_scenario
 
     if backend is not None:  # validated with the scenario: one line naming `backend`
         set_ = [*(set_ or []), f"backend={json.dumps(backend)}"]
+    if workers is not None:
+        set_ = [*(set_ or []), f"workers={workers}"]
     command = _invocation("run", scenario, set_, seed=seed)
     results = _execute(load_scenario(scenario, set_, seed), out, quiet, threads, command)
     breaches = _breaches(results)

@@ -53,6 +53,10 @@ class Dataset:
     """The name of each group index (a CSV's group column, the synthetic minority)."""
     class_names: tuple[str, ...] | None = None
     """The label each class index stands for (text labels of a CSV, image-folder names)."""
+    x_public: np.ndarray | None = None
+    y_public: np.ndarray | None = None
+    """Optional public labelled records, disjoint from the clients' and drawn from another
+    distribution (e.g. studio images): every party, the server included, holds them."""
 
     def __post_init__(self) -> None:
         """Catch a plugin loader's mistakes here rather than deep inside training."""

@@ -12,7 +12,8 @@ a client of its own) and drives in one region. The region skews both the vehicle
 (`REGION_MIX`, a public statistic) and its conditions (`REGIONS`). Which region each vehicle
 drove in is drawn from the seed (`vehicle_regions`); only the referee reads it back. Each
 vehicle's records are split into train and test by `test_fraction`; the test set is also the
-population data auxiliary attacks hold.
+population data auxiliary attacks hold. `public_images` adds a public set (`x_public`): balanced
+classes photographed in studio conditions, the split server's pretraining data.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ REGIONS: tuple[tuple[str, float, float, int, float], ...] = (
     ("night_highway", 0.45, 0.05, 2, 0.08),
     ("countryside", 1.15, 0.15, 1, 0.03),
 )
+STUDIO = ("studio", 1.0, 0.0, 0, 0.01)
+"""The public set's conditions: catalogue photos of signs, even light, no fog, no blur."""
 # Class mix per region (relative frequencies of SIGNS): public traffic statistics.
 REGION_MIX = np.array(
     [
@@ -72,6 +75,9 @@ class TrafficSignsParams(BaseModel):
     images_per_vehicle: int = Field(default=200, ge=4, le=100_000)
     mix_concentration: float = Field(default=20.0, gt=0)
     """Dirichlet concentration of a vehicle's class mix around its region's (higher: closer)."""
+    public_images: int = Field(default=0, ge=0, le=100_000)
+    """Public studio images (balanced classes, `STUDIO` conditions) every party holds: the
+    split server's pretraining set. 0: none."""
 
 
 def _masks(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -147,7 +153,7 @@ def render(labels: np.ndarray, regions: np.ndarray, rng: np.random.Generator) ->
             _paint(part, outer, COLOURS[fill])
         _paint(part, _symbol(symbol, su, sv) & outer, COLOURS[sym_colour])
         img[sel] = part
-    cond = np.array([REGIONS[r][1:] for r in regions])
+    cond = np.array([(STUDIO if r < 0 else REGIONS[r])[1:] for r in regions])
     light = cond[:, 0] * rng.uniform(0.85, 1.15, n)
     fog = np.clip(cond[:, 1] + rng.normal(0, 0.05, n), 0, 0.9)
     img = img * light[:, None, None, None]
@@ -155,6 +161,14 @@ def render(labels: np.ndarray, regions: np.ndarray, rng: np.random.Generator) ->
     img = _blur(img, cond[:, 2].astype(int))
     img = img + cond[:, 3, None, None, None] * rng.standard_normal(img.shape)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
+
+
+def public_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the public set: balanced classes in studio conditions (region -1),
+    on a stream of its own, so disjoint from every vehicle's sightings."""
+    rng = np.random.default_rng([seed, 7324])
+    labels = rng.permutation(np.arange(n) % len(SIGNS)).astype(np.int64)
+    return render(labels, np.full(n, -1), rng), labels
 
 
 def _paint(img: np.ndarray, mask: np.ndarray, colour: tuple[float, float, float]) -> None:
@@ -205,4 +219,7 @@ def load_traffic_signs(params: dict[str, Any], *, test_fraction: float, seed: in
         np.concatenate(parts["yte"]),
         len(SIGNS),
     )
-    return dataclasses.replace(data, groups_train=np.concatenate(parts["gtr"]))
+    public = public_images(p.public_images, seed) if p.public_images else (None, None)
+    return dataclasses.replace(
+        data, groups_train=np.concatenate(parts["gtr"]), x_public=public[0], y_public=public[1]
+    )

@@ -33,6 +33,8 @@ class CNNParams(BaseModel):
     channels: list[int] = Field(default_factory=lambda: [16, 32])
     kernel_size: int = Field(default=3, gt=0)
     activation: Literal["relu", "tanh", "sigmoid"] = "relu"
+    pool: bool = False
+    """A 2x max-pool after each conv block (cheaper, and translation-tolerant, on 32x32)."""
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -79,6 +81,8 @@ def build_cnn(params: dict, input_shape: tuple[int, ...], num_classes: int) -> n
             nn.GroupNorm(groups, c),
             _ACTIVATIONS[p.activation](),
         ]
+        if p.pool:
+            layers.append(nn.MaxPool2d(2) if len(input_shape) == 3 else nn.MaxPool1d(2))
         c_in = c
     pool = nn.AdaptiveAvgPool2d(2) if len(input_shape) == 3 else nn.AdaptiveAvgPool1d(4)
     spatial = 4

@@ -1,15 +1,16 @@
 """Reference (shadow) models for membership attacks: trained together, cached by content.
 
 LiRA and RMIA need many models trained with the target's recipe on subsets of data the attacker
-holds. Training them one by one is the cost that makes LiRA slow, so here all M models train in
-one loop: their parameters are stacked (torch.func.stack_module_state) and one vmapped
-functional_call runs every model on its own mini-batch. Summing the models' losses gives each
-model exactly its own gradient (the models share no parameters), so a plain torch.optim.SGD over
-the stacked tensors takes M independent SGD steps with the recipe's lr, momentum and weight
-decay. Every model's subset has the same size, so all models take the same number of steps.
-A federated recipe is emulated faithfully: each reference model is a FedAvg run whose subset is
-split across `num_clients` lanes that train `local_epochs` from the model's global weights each
-round and are then averaged (all clients every round; equal shares, so the plain mean).
+holds. Training them one by one is the cost that makes LiRA slow, so here they train together:
+each model is a FedAvg run of `num_clients` lanes (privlab.reference_training), and all lanes
+of a group of GROUP_SIZE models run as one batched computation: the vectorised engine's batched
+matrix products for Flatten-Linear-activation models, else stacked parameters under one vmapped
+functional_call; `trainer = "sequential"` trains one lane after another (the reference path,
+equal to the others to floating-point rounding). Every model's randomness (initial weights,
+lane split, client sampling, batch order; DP-SGD's batches and noise: its group's) comes from
+its own index, so groups are independent units of work: they run one after another, over local
+worker processes or as Ray tasks (privlab.fanout) with the same result. Every model's subset
+has the same size.
 Training-time defenses are mirrored as the recipe states them: DP-SGD (`dp`: per-sample
 clipping and noise on Poisson batches, privlab.stacked_dp), FedProx's proximal step, and the
 client-side update transforms (clipping, noise, pruning: `update_transforms`, applied to each
@@ -25,7 +26,6 @@ are rebuilt when damaged (privlab.reference_cache).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -36,16 +36,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
-from torch.nn import functional as F
+from torch.func import functional_call, vmap
 
-from privlab import __version__
+from privlab import __version__, fanout
 from privlab.reference_cache import load_entry, save_entry
-from privlab.stacked_dp import PrivateRecipe, per_sample_grads, poisson_batches, private_gradients
-from privlab.training import State, TrainSettings, seeded_generator
+from privlab.reference_training import train_group
+from privlab.stacked_dp import PrivateRecipe
+from privlab.training import State, TrainSettings
 
 UpdateTransform = Callable[[dict[str, torch.Tensor], torch.Generator], dict[str, torch.Tensor]]
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
+GROUP_SIZE = 8
+"""Models per unit of work (fixed, so results never depend on where groups run)."""
 CACHE_ENV = "PRIVLAB_CACHE_DIR"
 DEFAULT_CACHE_DIR = ".privlab-cache"
 
@@ -79,6 +81,8 @@ class ReferenceJob:
     """Client-side transforms of each lane's update (clip, noise, ...), in the target's order."""
     defenses_key: str = ""
     """JSON of the mirrored defenses (names and params): their part of the cache key."""
+    trainer: str = "auto"
+    """Lane trainer (privlab.reference_training.TRAINERS); "auto": vectorised where it can."""
 
     def key(self) -> str:
         h = hashlib.sha256()
@@ -96,6 +100,7 @@ class ReferenceJob:
             "seed": self.seed,
             "dp": None if self.dp is None else dataclasses.asdict(self.dp),
             "defenses": self.defenses_key,
+            "trainer": self.trainer,
             "version": __version__,
             "format": CACHE_FORMAT,
         }
@@ -161,151 +166,6 @@ class StackedModels:
         return torch.cat(outs, dim=1)
 
 
-def _init_models(
-    model_factory: Callable[[], nn.Module], num_models: int, seed: int, init: State | None
-) -> list[nn.Module]:
-    models = []
-    for i in range(num_models):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seeded_generator(seed, i, 31).initial_seed() % (2**31)))
-            model = model_factory()
-        if init is not None:
-            model.load_state_dict(init)
-        models.append(model)
-    return models
-
-
-def _lane_members(masks: np.ndarray, num_clients: int, gen: np.random.Generator) -> np.ndarray:
-    """(M * C, size // C) pool indices: each model's subset dealt out to its C client lanes."""
-    lanes = []
-    for row in masks:
-        idx = gen.permutation(np.flatnonzero(row))
-        share = len(idx) // num_clients
-        lanes += [idx[c * share : (c + 1) * share] for c in range(num_clients)]
-    return np.stack(lanes)
-
-
-def _plain_epoch(stacked, opt, members, x, y, bs, gen, prox) -> None:  # type: ignore[no-untyped-def]
-    """One shuffled epoch of mini-batch SGD in every lane."""
-    lanes, size = members.shape
-    order = torch.argsort(torch.rand(lanes, size, generator=gen), dim=1)
-    shuffled = torch.gather(members, 1, order)
-    for s in range(0, size, bs):
-        idx = shuffled[:, s : s + bs]
-        logits = stacked.forward_each(x[idx])
-        loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="sum")
-        opt.zero_grad(set_to_none=True)
-        (loss / idx.shape[1]).backward()
-        opt.step()
-        prox()
-
-
-def _private_epoch(stacked, opt, members, x, y, settings, dp, gen, prox) -> None:  # type: ignore[no-untyped-def]
-    """One DP-SGD epoch in every lane: ceil(n / batch_size) Poisson batches, as the target's
-    DP trainer takes, each a clipped, noised, expected-batch-scaled step."""
-    size = members.shape[1]
-    expected = max(1, round(dp.sample_rate * size))
-    for _ in range(settings.steps_per_epoch(size)):
-        idx, weight = poisson_batches(members, dp.sample_rate, gen)
-        grads = per_sample_grads(stacked.base, stacked.params, stacked.buffers, x[idx], y[idx])
-        private = private_gradients(
-            grads,
-            weight,
-            max_grad_norm=dp.max_grad_norm,
-            noise_multiplier=dp.noise_multiplier,
-            expected_batch_size=expected,
-            generator=gen,
-        )
-        for name, p in stacked.params.items():
-            p.grad = private[name]
-        opt.step()
-        prox()
-
-
-def _proximal(params: dict[str, torch.Tensor], start: State, settings: TrainSettings) -> None:
-    """FedProx's proximal step towards the round's start, after each optimiser step, as
-    LocalTrainer._proximal_step does."""
-    if settings.fedprox_mu <= 0:
-        return
-    with torch.no_grad():
-        for k, p in params.items():
-            p.sub_(p - start[k], alpha=settings.lr * settings.fedprox_mu)
-
-
-def _transform_updates(
-    params: dict[str, torch.Tensor],
-    start: State,
-    transforms: tuple[UpdateTransform, ...],
-    seed: int,
-    round_: int,
-) -> None:
-    """Apply the client-side update defenses to each lane's update (local - start)."""
-    lanes = next(iter(params.values())).shape[0]
-    with torch.no_grad():
-        for lane in range(lanes):
-            update = {k: p[lane] - start[k][lane] for k, p in params.items()}
-            gen = seeded_generator(seed, lane, round_, 53)
-            for transform in transforms:
-                update = transform(update, gen)
-            for k, p in params.items():
-                p[lane].copy_(start[k][lane] + update[k])
-
-
-def _train(job: ReferenceJob, model_factory: Callable[[], nn.Module]) -> StackedModels:
-    masks = np.asarray(job.masks, dtype=bool)
-    num_models, clients = masks.shape[0], job.num_clients
-    sizes = masks.sum(axis=1)
-    if len(set(sizes.tolist())) != 1:
-        raise ValueError("every reference model must train on the same number of records")
-    if sizes[0] < clients:
-        raise ValueError(f"{sizes[0]} records cannot be shared by {clients} clients")
-    models = _init_models(model_factory, num_models, job.seed, job.init_state)
-    lanes_models = [m for m in models for _ in range(clients)]
-    params, buffers = stack_module_state(lanes_models)
-    base = model_factory().to("meta")
-    stacked = StackedModels(base, params, buffers)
-    x, y = torch.as_tensor(job.x), torch.as_tensor(job.y)
-    members = torch.as_tensor(_lane_members(masks, clients, np.random.default_rng([job.seed, 39])))
-    bs = job.settings.batch_size
-    gen = seeded_generator(job.seed, 37)
-    sampler = np.random.default_rng([job.seed, 47])
-    per_round = max(1, round(job.client_fraction * clients))
-    base.train()
-    dp = job.dp
-    for r in range(job.rounds):
-        start = {k: v.detach().clone() for k, v in params.items()}
-        opt = torch.optim.SGD(  # fresh optimiser state every round, as the local trainers do
-            list(params.values()),
-            lr=job.settings.lr,
-            momentum=job.settings.momentum,
-            weight_decay=job.settings.weight_decay,
-        )
-        prox = functools.partial(_proximal, params, start, job.settings)
-        for _ in range(job.settings.local_epochs):
-            if dp is None:
-                _plain_epoch(stacked, opt, members, x, y, bs, gen, prox)
-            else:
-                _private_epoch(stacked, opt, members, x, y, job.settings, dp, gen, prox)
-        if job.update_transforms:
-            _transform_updates(params, start, job.update_transforms, job.seed, r)
-        if clients > 1 or job.server_lr != 1.0:
-            keep = np.zeros((num_models, clients))
-            for i in range(num_models):
-                keep[i, sampler.choice(clients, size=per_round, replace=False)] = 1.0 / per_round
-            weight = torch.as_tensor(keep, dtype=torch.float32)
-            with torch.no_grad():
-                for k, p in params.items():
-                    g = start[k].view(num_models, clients, *p.shape[1:])[:, :1]
-                    local = p.view(num_models, clients, *p.shape[1:])
-                    w = weight.view(num_models, clients, *([1] * (p.dim() - 1)))
-                    new = g + job.server_lr * ((w * local).sum(dim=1, keepdim=True) - g)
-                    p.copy_(new.expand_as(local).reshape(p.shape))
-    keep = torch.arange(num_models) * clients
-    final = {k: p.detach()[keep].clone() for k, p in params.items()}
-    bufs = {k: b[keep].clone() for k, b in buffers.items()}
-    return StackedModels(base, final, bufs)
-
-
 def train_reference_models(
     job: ReferenceJob,
     model_factory: Callable[[], nn.Module],
@@ -322,7 +182,18 @@ def train_reference_models(
         loaded = load_entry(path, key, expected)
         if loaded is not None:
             return StackedModels(base, *loaded), True
-    stacked = _train(job, model_factory)
+    sizes = np.asarray(job.masks, dtype=bool).sum(axis=1)
+    if len(set(sizes.tolist())) != 1:
+        raise ValueError("every reference model must train on the same number of records")
+    if sizes[0] < job.num_clients:
+        raise ValueError(f"{sizes[0]} records cannot be shared by {job.num_clients} clients")
+    groups = [
+        (job, model_factory, list(range(s, min(s + GROUP_SIZE, len(job.masks)))))
+        for s in range(0, len(job.masks), GROUP_SIZE)
+    ]
+    trained = fanout.current().map(train_group, groups)
+    params = {k: torch.cat([g[k] for g in trained]) for k in trained[0]}
+    stacked = StackedModels(base, params, {})
     if use_cache:
         save_entry(path, key, stacked.params, stacked.buffers)
     return stacked, False

@@ -320,8 +320,13 @@ attacks.register(
     "split: labels from cut-layer gradients, norm or cosine (Li et al. 2022); cut-layer party",
 )
 attacks.register(
+    "label_inference",
+    "privlab.attacks.split_label_cluster:ClusterLabelInferenceAttack",
+    "U-shaped split: multi-class labels from head gradients, k-means (Liu & Lyu 2022); server",
+)
+attacks.register(
     "activation_inversion",
-    "privlab.attacks.split_learning:ActivationInversionAttack",
+    "privlab.attacks.split_inversion:ActivationInversionAttack",
     "split: server trains an inverse model on auxiliary data to rebuild inputs (He et al. 2019)",
 )
 attacks.register(

@@ -172,7 +172,15 @@ def attack_sentence(entry: dict[str, Any], g: Grade, accuracy: float | None) -> 
             text = f"{who} implants a backdoor that fires on {rate:.0%} of triggered test inputs"
     elif g.family == "label_leakage":
         whose = f"{party}'s" if party else "the clients'"
-        text = f"{who} recovers {whose} labels with AUC {g.value:.3f} (chance 0.5)"
+        if g.value is not None:
+            text = f"{who} recovers {whose} labels with AUC {g.value:.3f} (chance 0.5)"
+        else:  # a multi-class attack: accuracy beside the class prior
+            acc, base = number(m.get("accuracy")), number(m.get("accuracy_baseline"))
+            text = f"{who} recovers {whose} labels" + (
+                f" with accuracy {acc:.3f} (class prior {base:.3f})"
+                if acc is not None and base is not None
+                else ""
+            )
     elif family == "audit":
         lb = number(m.get("epsilon_lower_bound"))
         conf = 1 - (number(m.get("alpha")) or 0.05)
@@ -359,6 +367,9 @@ def headline(entry: dict[str, Any], g: Grade) -> tuple[str, str]:
         return "backdoor success", f"{number(m.get('backdoor_success')):.3f}"
     if g.family == "label_leakage" and g.value is not None:
         return "leak AUC", f"{g.value:.3f}"
+    if g.family == "label_leakage" and (acc := number(m.get("accuracy"))) is not None:
+        base = number(m.get("accuracy_baseline"))
+        return "label accuracy", f"{acc:.3f} (prior {'—' if base is None else f'{base:.3f}'})"
     if family == "audit" and (lb := number(m.get("epsilon_lower_bound"))) is not None:
         return "ε lower bound", f"{lb:.2f}"
     if (t := number(m.get("targeted_misclassification"))) is not None:

@@ -6,6 +6,7 @@ challenge records without labels of membership and return scores.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from privlab import __version__, registry
+from privlab import __version__, fanout, registry
 from privlab.attacks.base import (
     Attack,
     AttackResult,
@@ -134,6 +135,13 @@ def _check_target_parties(attacks: list[Attack], num_clients: int) -> None:
                     f"{attack.field}.params.client: client {k} does not exist "
                     f"(the partition has clients 0..{num_clients - 1})"
                 )
+
+
+def public_side_information(dataset: Dataset) -> dict[str, PopulationData]:
+    """The dataset's public records, if it has any: every party holds them."""
+    if dataset.x_public is None or dataset.y_public is None:
+        return {}
+    return {"public": PopulationData(x=dataset.x_public, y=dataset.y_public)}
 
 
 def make_query(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
@@ -254,15 +262,15 @@ class ScenarioRun:
         started = datetime.now(UTC).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         variants = {}
-        if self.scenario.backend == "ray":
-            from privlab.engine.ray_backend import run_variants
-
-            variants = run_variants(self.scenario, len(self.variants))
-        for variant, vs, defenses, attacks, dataset, clients in self.variants:
-            if variant.name not in variants:
-                variants[variant.name] = self._run_variant(
-                    variant, vs, defenses, attacks, dataset, clients
-                )
+        with fanout.plan(self.scenario, len(self.variants)) as (outer, inner):
+            if outer is not None:  # variants as Ray tasks or over local worker processes
+                variants = fanout.run_variants(self.scenario, len(self.variants), outer)
+            with fanout.using(inner):  # reference models of variants run here
+                for variant, vs, defenses, attacks, dataset, clients in self.variants:
+                    if variant.name not in variants:
+                        variants[variant.name] = self._run_variant(
+                            variant, vs, defenses, attacks, dataset, clients
+                        )
         results = {
             "schema_version": SCHEMA_VERSION,
             "privlab_version": __version__,
@@ -278,6 +286,7 @@ class ScenarioRun:
             "started": started,
             "seconds": round(time.perf_counter() - t0, 3),
             "backend": self.scenario.backend,
+            "workers": self.scenario.workers,
         }
         return results
 
@@ -349,12 +358,13 @@ class ScenarioRun:
                 query=make_query(outcome.model),
                 challenge=referee.challenge,
                 recipe=vs,
-                model_factory=lambda vs=vs, d=dataset: build_model(
-                    vs.model, d.input_shape, d.num_classes
+                model_factory=functools.partial(  # picklable: reference models fan out
+                    build_model, vs.model, dataset.input_shape, dataset.num_classes
                 ),
                 side_information={
                     "mean_train_loss": train_loss,
                     "client_num_samples": {c.client_id: len(c.train_idx) for c in clients},
+                    **public_side_information(dataset),
                 },
                 population=PopulationData(x=dataset.x_test, y=dataset.y_test),
                 defenses=tuple(d.spec for d in defenses.all()),

@@ -161,6 +161,9 @@ class Scenario(Strict):
     """Where variants run: in this process, or as Ray tasks (`pip install 'privlab[ray]'`) on a
     local Ray started by privlab or the cluster at `ray_address`; results are identical."""
     ray_address: str | None = None
+    workers: Annotated[int, Field(ge=1, le=256)] = 1
+    """Local worker processes for variants (or, with one variant, its reference models);
+    1: everything in this process. Results are identical for every count."""
     data: DataSpec = Field(default_factory=DataSpec)
     partition: PartitionSpec = Field(default_factory=PartitionSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -421,8 +424,8 @@ PATH_FIELDS = (("data", "path"), ("data", "root"), ("topology", "weights"), ("to
 def portable_dump(s: Scenario) -> dict[str, Any]:
     """The scenario as JSON with paths inside its folder written relative to it again, so the
     same folder run from anywhere gives the same results.json; where it ran (backend, Ray
-    address) is left out, as results are identical on every backend."""
-    raw = s.model_dump(mode="json", exclude={"backend", "ray_address"})
+    address, workers) is left out, as results are identical on every backend."""
+    raw = s.model_dump(mode="json", exclude={"backend", "ray_address", "workers"})
     if s._base_dir is None:
         return raw
     base = str(s._base_dir.resolve())

@@ -62,21 +62,86 @@ def private_gradients(
     first = next(iter(grads.values()))
     m, b = first.shape[:2]
     sq = sum(g.reshape(m, b, -1).pow(2).sum(-1) for g in grads.values())
-    norms = sq.sqrt()
-    factor = (max_grad_norm / (norms + OPACUS_NORM_EPS)).clamp(max=1.0) * weight
-    out = {}
-    for name, g in grads.items():
-        summed = torch.einsum("mb,mb...->m...", factor.to(g.dtype), g)
-        if noise_multiplier > 0:
-            noise = torch.normal(
-                0.0,
-                noise_multiplier * max_grad_norm,
-                size=summed.shape,
-                generator=generator,
-                dtype=summed.dtype,
+    factor = _clip_factor(sq, weight, max_grad_norm)
+    summed = {n: torch.einsum("mb,mb...->m...", factor.to(g.dtype), g) for n, g in grads.items()}
+    return _noised_mean(summed, noise_multiplier * max_grad_norm, expected_batch_size, generator)
+
+
+def linear_private_gradients(
+    ops: tuple[tuple[str, str], ...],
+    params: Tensors,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    max_grad_norm: float,
+    noise_multiplier: float,
+    expected_batch_size: int,
+    generator: torch.Generator | None,
+) -> Tensors:
+    """`private_gradients(per_sample_grads(...))` for a Linear stack (the ops of
+    privlab.engine.vectorised.LinearStack) without per-record gradients in memory: a record's
+    weight gradient is the outer product dz h^T of the layer's output gradient and input, so
+    its squared norm is |dz|^2 |h|^2 (plus |dz|^2 for the bias; "ghost clipping", Goodfellow
+    2015 / Li et al. 2022) and the clipped sum is one batched product (dz * factor)^T h. The
+    same noise draws follow, in the parameters' order (tests/test_reference_training.py)."""
+    m, b = y.shape
+    h = x.reshape(m, b, -1)
+    inputs: dict[int, torch.Tensor] = {}
+    outputs: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for i, (kind, name) in enumerate(ops):
+            if kind == "linear":
+                inputs[i] = h
+                w, bias = params[f"{name}.weight"], params[f"{name}.bias"]
+                h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+            else:
+                h = outputs[i] = getattr(torch, name)(h)
+        dz = torch.softmax(h, dim=2) - F.one_hot(y, h.shape[2]).to(h.dtype)  # one record's loss
+        layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i in reversed(range(len(ops))):
+            kind, name = ops[i]
+            if kind == "act":
+                dz = dz * _act_slope(name, outputs[i])
+                continue
+            layers[name] = (dz, inputs[i])
+            if i > 0:
+                dz = torch.bmm(dz, params[f"{name}.weight"])
+        sq = sum(d.pow(2).sum(-1) * (a.pow(2).sum(-1) + 1) for d, a in layers.values())
+        factor = _clip_factor(sq, weight, max_grad_norm).unsqueeze(2)
+        summed = {}
+        for key in params:  # the parameters' order, in which the noise is drawn
+            name, kind = key.rsplit(".", 1)
+            d, a = layers[name]
+            scaled = d * factor
+            summed[key] = (
+                torch.bmm(scaled.transpose(1, 2), a) if kind == "weight" else scaled.sum(1)
             )
-            summed = summed + noise
-        out[name] = summed / expected_batch_size
+    return _noised_mean(summed, noise_multiplier * max_grad_norm, expected_batch_size, generator)
+
+
+def _act_slope(name: str, out: torch.Tensor) -> torch.Tensor:
+    """d(activation)/d(input) from the activation's output."""
+    if name == "relu":
+        return (out > 0).to(out.dtype)
+    if name == "tanh":
+        return 1 - out * out
+    return out * (1 - out)  # sigmoid
+
+
+def _clip_factor(sq: torch.Tensor, weight: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+    """Opacus' per-record clip factor min(1, C / (norm + 1e-6)), times the record's weight."""
+    return (max_grad_norm / (sq.sqrt() + OPACUS_NORM_EPS)).clamp(max=1.0) * weight
+
+
+def _noised_mean(
+    summed: Tensors, std: float, expected_batch_size: int, generator: torch.Generator | None
+) -> Tensors:
+    out = {}
+    for name, g in summed.items():
+        if std > 0:
+            g = g + torch.normal(0.0, std, size=g.shape, generator=generator, dtype=g.dtype)
+        out[name] = g / expected_batch_size
     return out
 
 

@@ -261,6 +261,9 @@ RUN_CASES: list[tuple[str, Make, int, tuple[str, ...]]] = [
     ("threads-zero", lambda t: ["--threads", "0"], 2, ("--threads", "greater than or equal")),
     ("threads-huge", lambda t: ["--threads", "100000"], 2, ("--threads", "less than or equal")),
     ("unknown-option", lambda t: ["--thread", "2"], 2, ("No such option: --thread",)),
+    ("workers-zero", lambda t: ["--workers", "0"], 2, ("--workers", "greater than or equal")),
+    ("workers-text", lambda t: ["--workers", "many"], 2, ("--workers", "valid integer")),
+    ("workers-field", lambda t: s("workers=0"), 2, ("workers", "greater than or equal")),
 ]
 
 

@@ -144,6 +144,14 @@ def _mlp() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
 
 
+def _flat_mlp() -> torch.nn.Module:
+    """The same MLP as a Linear stack, which the vectorised lane trainer runs."""
+    return torch.nn.Sequential(torch.nn.Flatten(), *_mlp())
+
+
+TRAINERS = [("stacked", _mlp), ("sequential", _mlp), ("vectorised", _flat_mlp)]
+
+
 def _job(x: np.ndarray, y: np.ndarray, masks: np.ndarray, **kw) -> ReferenceJob:
     defaults = dict(
         settings=TrainSettings(batch_size=1000, lr=0.3, local_epochs=2, momentum=0.5,
@@ -158,19 +166,20 @@ def _job(x: np.ndarray, y: np.ndarray, masks: np.ndarray, **kw) -> ReferenceJob:
     return ReferenceJob(x=x, y=y, masks=masks, **defaults)
 
 
-def test_stacked_training_equals_a_plain_torch_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("trainer", "factory"), TRAINERS)
+def test_stacked_training_equals_a_plain_torch_loop(trainer, factory) -> None:
     """Full-batch training removes batch order, so each stacked model must equal the same
     model trained alone with torch.optim.SGD (fresh optimiser each round)."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 6)).astype(np.float32)
     y = rng.integers(0, 3, size=40)
     masks = subset_masks(40, 3, 20, rng)
-    job = _job(x, y, masks)
-    models, cached = train_reference_models(job, _mlp, use_cache=False)
+    job = _job(x, y, masks, trainer=trainer)
+    models, cached = train_reference_models(job, factory, use_cache=False)
     assert not cached
-    from privlab.reference_models import _init_models
+    from privlab.reference_training import init_models
 
-    inits = _init_models(_mlp, 3, job.seed, None)
+    inits = init_models(factory, range(3), job.seed, None)
     for i, model in enumerate(inits):
         xs, ys = torch.as_tensor(x[masks[i]]), torch.as_tensor(y[masks[i]])
         for _ in range(job.rounds):
@@ -184,24 +193,25 @@ def test_stacked_training_equals_a_plain_torch_loop(tmp_path: Path) -> None:
         assert torch.allclose(models.logits(x)[i], expected, atol=1e-5)
 
 
-def test_fedavg_emulation_averages_client_lanes() -> None:
+@pytest.mark.parametrize(("trainer", "factory"), TRAINERS)
+def test_fedavg_emulation_averages_client_lanes(trainer, factory) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(24, 6)).astype(np.float32)
     y = rng.integers(0, 3, size=24)
     masks = np.zeros((1, 24), dtype=bool)
     masks[0, :12] = True
-    job = _job(x, y, masks, num_clients=2, rounds=2,
+    job = _job(x, y, masks, num_clients=2, rounds=2, trainer=trainer,
                settings=TrainSettings(batch_size=100, lr=0.2, local_epochs=1))  # fmt: skip
-    models, _ = train_reference_models(job, _mlp, use_cache=False)
-    from privlab.reference_models import _init_models, _lane_members
+    models, _ = train_reference_models(job, factory, use_cache=False)
+    from privlab.reference_training import init_models, lane_members
 
-    (model,) = _init_models(_mlp, 1, job.seed, None)
-    lanes = _lane_members(masks, 2, np.random.default_rng([job.seed, 39]))
+    (model,) = init_models(factory, [0], job.seed, None)
+    lanes = lane_members(masks[0], 2, job.seed, 0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(2):
         locals_ = []
         for lane in lanes:
-            m = _mlp()
+            m = factory()
             m.load_state_dict(state)
             opt = torch.optim.SGD(m.parameters(), lr=0.2)
             opt.zero_grad()

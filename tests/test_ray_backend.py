@@ -45,3 +45,27 @@ def test_ray_backend_gives_identical_results(local_ray) -> None:
 def test_bundled_scenario_runs_unchanged_on_ray(local_ray) -> None:
     local, remote = _both("poisoning_data", [])
     assert strip_timing(remote) == strip_timing(local)
+
+
+def test_reference_models_run_as_ray_tasks_with_identical_results(
+    local_ray, tmp_path, monkeypatch
+) -> None:
+    """One variant: LiRA's 16 reference models go out as two Ray tasks (groups of 8)."""
+    from privlab import reference_models
+    from privlab.engine.ray_backend import RayTasks
+
+    monkeypatch.setenv("PRIVLAB_CACHE_DIR", str(tmp_path))
+    sent = []
+    real = RayTasks.map
+    monkeypatch.setattr(
+        RayTasks, "map", lambda self, fn, args: sent.append((fn, len(args))) or real(self, fn, args)
+    )
+    overrides = [
+        "topology.rounds=2",
+        "data.params.num_samples=800",
+        'attacks=[{name="lira", id="lira", params={num_reference_models=16, cache=false}}]',
+        "expectations=[]",
+    ]
+    local, remote = _both("mia_lira", overrides)
+    assert sent == [(reference_models.train_group, 2)]
+    assert strip_timing(remote) == strip_timing(local)

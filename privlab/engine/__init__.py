@@ -7,6 +7,8 @@ weights back chunk by chunk, stacked [clients, ...]; it does not care how they w
   state, as DP-SGD's accountant does);
 - `vectorised`: clients that share an architecture train together as batched matrix products
   over stacked parameters, unequal client sizes handled exactly by masking;
-- `ray`: the same work as Ray tasks (optional extra `privlab[ray]`).
+- `ray`: variants and reference-model groups as Ray tasks (optional extra `privlab[ray]`;
+  privlab.fanout runs the same units over local worker processes without Ray).
+The vectorised engine also trains LiRA/RMIA reference models (privlab.reference_training).
 This package imports no attack or defense.
 """

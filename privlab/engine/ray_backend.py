@@ -1,9 +1,13 @@
-"""The Ray backend: variants as Ray tasks, on a local Ray that privlab starts (2 CPUs, no
-dashboard) or on an existing cluster by address (`ray_address`).
+"""The Ray backend: variants and reference-model groups as Ray tasks, on a local Ray that
+privlab starts (2 CPUs, no dashboard) or on an existing cluster by address (`ray_address`).
 
-Each task rebuilds its variant from the scenario (data, partition, defenses, attacks) and runs
-it exactly as the local backend does: every variant seeds itself, so results are identical to a
-local run (tests/test_ray_backend.py). Nothing here is imported unless `backend = "ray"`.
+A variant task rebuilds its variant from the scenario (data, partition, defenses, attacks) and
+runs it exactly as the local backend does, sending its reference models (LiRA, RMIA) out as
+Ray tasks of GROUP_SIZE models each (privlab.fanout); every unit seeds itself, so results are
+identical to a local run (tests/test_ray_backend.py). Clients' local training stays inside the
+variant: a round's clients are one batched computation (the vectorised engine) or a loop over
+milliseconds-long steps, far cheaper than a task's overhead and its round trip of the global
+model. Nothing here is imported unless `backend = "ray"`.
 """
 
 from __future__ import annotations
@@ -45,21 +49,27 @@ def start(address: str | None) -> Any:
     return ray
 
 
-def _variant_task(scenario: Any, index: int, threads: int) -> tuple[str, dict[str, Any]]:
+def _threaded(fn: Any, threads: int, *args: Any) -> Any:
     import torch
-
-    from privlab.runner import ScenarioRun
 
     torch.set_num_threads(threads)
-    return ScenarioRun(scenario).run_variant(index)
+    return fn(*args)
 
 
-def run_variants(scenario: Any, count: int) -> dict[str, dict[str, Any]]:
-    """Every variant of `scenario` as one Ray task; results in the scenario's variant order."""
-    import torch
+class RayTasks:
+    """Units of work as Ray tasks of one CPU each; results in input order."""
 
-    ray = start(scenario.ray_address)
-    local = scenario.model_copy(update={"backend": "local", "ray_address": None})
-    task = ray.remote(num_cpus=1)(_variant_task)
-    refs = [task.remote(local, i, torch.get_num_threads()) for i in range(count)]
-    return dict(ray.get(refs))
+    kind = "ray"
+
+    def __init__(self, address: str | None) -> None:
+        self.ray = start(address)
+        self._task = self.ray.remote(num_cpus=1)(_threaded)
+
+    def map(self, fn: Any, args: Any) -> list[Any]:
+        import torch
+
+        threads = torch.get_num_threads()
+        return list(self.ray.get([self._task.remote(fn, threads, *a) for a in args]))
+
+    def close(self) -> None:
+        pass  # a Ray that privlab started lives for the process, as `start` leaves it

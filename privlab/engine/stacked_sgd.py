@@ -193,27 +193,35 @@ def train_chunk(
     *,
     record_space: bool | None = None,
     coef: torch.Tensor | None = None,
+    own: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Every client's local SGD; returns the Linear layers' weights stacked [m, ...], or with
     `coef` [m] only their sums weighted by it (a mean needs no per-client weights).
 
     Dense weights stay shared [1, ...] views of `start` until the first step gives each
-    client its own. `record_space` forces the first layer's form (None: the cheaper one)."""
+    client its own. `record_space` forces the first layer's form (None: the cheaper one).
+    `own`: `start` holds one stacked start per client (dense layers, nothing shared)."""
     s = settings
     fused = s.momentum == 0 and s.weight_decay == 0  # the SGD step as one batched product
     scaled = s.weight_decay != 0 or s.fedprox_mu > 0  # alpha moves away from 1
     first = ops[0][1]
     w0, b0 = start[f"{first}.weight"].detach(), start[f"{first}.bias"].detach()
-    if record_space is None:
+    if own:
+        record_space = False  # record space needs one shared start
+    elif record_space is None:
         record_space = record_space_pays(plan, w0.shape[0])
     rs = RecordSpaceLinear(w0, b0, plan) if record_space else None
     dense = [n for i, (k, n) in enumerate(ops) if k == "linear" and (i > 0 or rs is None)]
-    weights = {n: start[f"{n}.weight"].detach().unsqueeze(0) for n in dense}
-    biases = {n: start[f"{n}.bias"].detach().unsqueeze(0) for n in dense}
+    if own:
+        weights = {n: start[f"{n}.weight"].detach().clone() for n in dense}
+        biases = {n: start[f"{n}.bias"].detach().clone() for n in dense}
+    else:
+        weights = {n: start[f"{n}.weight"].detach().unsqueeze(0) for n in dense}
+        biases = {n: start[f"{n}.bias"].detach().unsqueeze(0) for n in dense}
     buffers: list[torch.Tensor | None] = []
     minus = plan.x.new_full((plan.m, plan.rows_per_step(), 1), -1.0)  # the one-hot's -1
     for step, mt in enumerate(plan.active):
-        shared = step == 0
+        shared = step == 0 and not own  # the start is still one [1, ...] copy
         rows = plan.rows(step, mt)
         params, grads = [], []  # unfused: collected for one sgd_update over all layers
         inputs: dict[int, torch.Tensor] = {}
@@ -276,10 +284,10 @@ def train_chunk(
             sgd_update(
                 params, grads, bufs, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
             )
-            if shared:
+            if step == 0:
                 buffers = bufs  # the first step (all clients) made full-height buffers
         if s.fedprox_mu > 0:
-            _proximal(ops, rs, weights, biases, start, mt, s)
+            _proximal(ops, rs, weights, biases, start, mt, s, own)
     out = {f"{n}.bias": b for n, b in biases.items()}
     out |= {f"{n}.weight": w for n, w in weights.items()}
     if coef is not None:
@@ -290,7 +298,7 @@ def train_chunk(
     return out
 
 
-def _proximal(ops, rs, weights, biases, start, mt: int, s: TrainSettings) -> None:
+def _proximal(ops, rs, weights, biases, start, mt: int, s: TrainSettings, own: bool) -> None:
     """FedProx's proximal step on every layer, towards the start state (alpha towards 1 and
     C towards 0 in record space: the same arithmetic on the coefficients)."""
     params, anchor = [], []
@@ -301,10 +309,10 @@ def _proximal(ops, rs, weights, biases, start, mt: int, s: TrainSettings) -> Non
             params += [rs.alpha[:mt], rs.coef[:mt]]
             anchor += [torch.ones(()), torch.zeros(())]
             continue
-        params.append(weights[name][:mt])
-        anchor.append(start[f"{name}.weight"].detach().unsqueeze(0))
-        params.append(biases[name][:mt])
-        anchor.append(start[f"{name}.bias"].detach().unsqueeze(0))
+        for key, t in ((f"{name}.weight", weights[name]), (f"{name}.bias", biases[name])):
+            params.append(t[:mt])
+            a = start[key].detach()
+            anchor.append(a[:mt] if own else a.unsqueeze(0))
     proximal_update(params, anchor, lr=s.lr, mu=s.fedprox_mu)
 
 

@@ -114,6 +114,16 @@ class VectorisedEngine(Engine):
         for chunk in self._chunks(ids):
             yield chunk, self._train_chunk(start, chunk, store)
 
+    def train_each(self, starts: State, ids: Sequence[int]) -> Iterator[Chunk]:
+        """As `train`, but client ids[i] starts from its own weights (row i of the stacked
+        `starts`): many independent runs at once, as reference models for LiRA train."""
+        row = {k: i for i, k in enumerate(ids)}
+        store = self._store()
+        for chunk in self._chunks(ids):
+            rows = torch.tensor([row[k] for k in chunk])
+            own = {key: t[rows] for key, t in starts.items()}
+            yield chunk, self._train_chunk(own, chunk, store, own=True)
+
     def _store(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every client's records in one tensor, so that a chunk's padded block is one gather;
         rebuilt when a shard's tensors changed (an attack may rewrite them in place between
@@ -191,14 +201,20 @@ class VectorisedEngine(Engine):
         chunk: list[int],
         store: tuple[torch.Tensor, torch.Tensor],
         coef: torch.Tensor | None = None,
+        own: bool = False,
     ) -> State:
+        """`own`: `start` is stacked [len(chunk), ...], one start per client."""
         plan = self._plan(chunk, store)
+        rs = False if own else self.record_space
         out = train_chunk(
-            self.arch.ops, self.settings, start, plan, record_space=self.record_space, coef=coef
+            self.arch.ops, self.settings, start, plan, record_space=rs, coef=coef, own=own
         )
         for k in floating_keys(start):  # tensors that training does not change
             if k not in out:
                 t = start[k].detach()
+                if own:
+                    out[k] = t.clone()
+                    continue
                 tiled = t.unsqueeze(0).repeat(len(chunk), *[1] * t.dim())
                 out[k] = tiled if coef is None else t * coef.sum()
         return out

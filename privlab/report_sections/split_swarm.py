@@ -94,6 +94,8 @@ def split_section(results: dict[str, Any]) -> Section | None:
     for v in variants.values():
         for aid, a in (v.get("attacks") or {}).items():
             metric = SPLIT_FAMILIES.get(str(a.get("family")))
+            if metric == "auc" and "auc" not in (a.get("metrics") or {}):
+                metric = "accuracy"  # multi-class label inference: accuracy, not a leak AUC
             if metric and (aid, metric) not in columns:
                 columns.append((aid, metric))
                 if metric == "mse" and "psnr" in (a.get("metrics") or {}):

@@ -30,6 +30,7 @@ from privlab.defenses.base import Placement
 from privlab.errors import ScenarioError
 from privlab.scenario import validate_params
 from privlab.topologies.base import Topology, TopologyContext, TrainingOutcome
+from privlab.topologies.split_pretrain import PretrainParams, pretrain
 from privlab.training import LocalTrainer, State, seeded_generator
 from privlab.wire import SERVER, client
 
@@ -45,6 +46,9 @@ class SplitParams(BaseModel):
     head_layers: int = Field(default=1, ge=1)
     """U-shaped only: trailing modules kept on the client with the labels."""
     handoff: Literal["peer", "server"] = "peer"
+    pretrain: PretrainParams | None = None
+    """Server pretraining on the dataset's public records before the first client's turn
+    (`privlab.topologies.split_pretrain`); None: clients start from the initial weights."""
 
 
 def split_params(ctx_or_scenario: Any) -> SplitParams:
@@ -95,7 +99,15 @@ class SplitTopology(Topology):
         """Validate topology.params and the cut against the model before any training."""
         from privlab.models import build_model
 
-        cut_model(build_model(scenario.model, input_shape, num_classes), split_params(scenario))
+        p = split_params(scenario)
+        cut_model(build_model(scenario.model, input_shape, num_classes), p)
+        data = scenario.data
+        pre = p.pretrain is not None and p.pretrain.epochs > 0
+        if pre and data.name == "traffic_signs" and int(data.params.get("public_images", 0)) <= 0:
+            raise ScenarioError(
+                "topology.params.pretrain: needs public records in the dataset: set "
+                "data.params.public_images > 0"
+            )
 
     def __init__(self, ctx: TopologyContext) -> None:
         super().__init__(ctx)
@@ -104,7 +116,23 @@ class SplitTopology(Topology):
         from privlab.defenses.split_boundary import SplitBoundaryDefense
 
         self.boundary = [x for x in d.other if isinstance(x, SplitBoundaryDefense)]
-        self.released = copy.deepcopy(ctx.model)
+        self.start, self.pretrain_accuracy = ctx.model, None
+        pre = self.params.pretrain
+        if pre is not None and pre.epochs > 0:
+            spec = self.spec
+            self.start, self.pretrain_accuracy = pretrain(
+                ctx.model,
+                (ctx.dataset.x_public, ctx.dataset.y_public),
+                pre,
+                lr=spec.lr,
+                momentum=spec.momentum,
+                weight_decay=spec.weight_decay,
+                batch_size=spec.batch_size,
+                seed=self.seed,
+                x_eval=ctx.x_test,
+                y_eval=ctx.y_test,
+            )
+        self.released = copy.deepcopy(self.start)
         _, top, _ = cut_model(self.released, self.params)
         self.top = top
         self.top_opt = _optimizer(top.parameters(), self.spec)
@@ -123,7 +151,7 @@ class SplitTopology(Topology):
     # ------------------------------------------------------------------ client parts
 
     def _client_parts(self, k: int, idx: np.ndarray) -> tuple[LocalTrainer, nn.Sequential | None]:
-        bottom, _, head = cut_model(copy.deepcopy(self.ctx.model), self.params)
+        bottom, _, head = cut_model(copy.deepcopy(self.start), self.params)
         x = self.ctx.x_train[torch.as_tensor(idx)]
         y = self.ctx.y_train[torch.as_tensor(idx)]
         gen = seeded_generator(self.seed, k, 7)
@@ -141,6 +169,13 @@ class SplitTopology(Topology):
         head_opts = [_optimizer(h.parameters(), spec) if h is not None else None for _, h in parts]
         records = []
         holder: int | None = None
+        if self.pretrain_accuracy is not None:  # the server hands its base model to the first
+            first = ctx.clients[0].client_id
+            state = dict(parts[first][0].model.state_dict())
+            if parts[first][1] is not None:
+                state.update(parts[first][1].state_dict())
+            state = {k: v.detach().clone() for k, v in state.items()}
+            self.ctx.wire.send(1, SERVER, client(first), "bottom_model", state)
         for r in range(1, spec.rounds + 1):
             for c in ctx.clients:
                 k = c.client_id
@@ -162,8 +197,26 @@ class SplitTopology(Topology):
             f"split learning ({p.mode}), cut after module {p.cut_layer}, "
             f"bottom model handed on via {p.handoff}"
         ]
+        extra = {}
+        if self.pretrain_accuracy is not None:
+            assert p.pretrain is not None and ctx.dataset.x_public is not None
+            n_public = len(ctx.dataset.x_public)
+            extra["pretrain"] = {
+                "epochs": p.pretrain.epochs,
+                "public_records": n_public,
+                "base_model_accuracy": self.pretrain_accuracy,
+            }
+            notes.append(
+                f"server pretraining: {p.pretrain.epochs} epochs on {n_public} public records; "
+                f"base-model accuracy {self.pretrain_accuracy:.3f} before any client trained"
+            )
         return TrainingOutcome(
-            self.released, records, privacy, notes, truth={"split_batches": self.batches}
+            self.released,
+            records,
+            privacy,
+            notes,
+            truth={"split_batches": self.batches},
+            extra=extra,
         )
 
     def _handoff(self, r: int, src: int, dst: int, parts: list) -> None:
