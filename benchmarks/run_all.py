@@ -3,9 +3,9 @@
     OMP_NUM_THREADS=1 python benchmarks/run_all.py [--clients 10 100 1000 10000] [--rounds 5]
 
 Every ratio comes from runs interleaved in this process on the same data, partition, model and
-recipe (the bundled default scenario's MLP [128], batch 16, 2 local epochs, lr 0.1, on
-digits-shaped synthetic data: 64 features, 10 classes, 32 records per client of which 16 train),
-so machine load hits all of them alike. Timed: the whole FedAvg job (local training, the wire,
+recipe (the bundled default scenario's MLP [256], batch 16, 4 local epochs, lr 0.1, on
+digits-shaped synthetic data: 64 features, 10 classes, 32 records per client of which 12 train,
+so each local step is a full batch), so machine load hits all of them alike. Timed: the whole FedAvg job (local training, the wire,
 aggregation, per-round test evaluation); data generation and partitioning are prepared once,
 outside the timing. Peak memory (RSS) is measured in a fresh subprocess per engine. Further
 sections: CKKS secure aggregation against TenSEAL alone (bench_secure_aggregation.py), and

@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from privlab.engine.base import ClientShard
+from privlab.engine.permutations import epoch_permutations
 from privlab.engine.sequential import SequentialEngine
 from privlab.engine.sgd import sgd_update
 from privlab.engine.vectorised import VectorisedEngine, linear_stack
@@ -76,6 +77,11 @@ RECIPES = [
     TrainSettings(batch_size=4, lr=0.1, local_epochs=1),
     TrainSettings(batch_size=5, lr=0.05, local_epochs=2, momentum=0.9, weight_decay=1e-3),
     TrainSettings(batch_size=3, lr=0.1, local_epochs=2, fedprox_mu=0.5, momentum=0.5),
+    # full batch (every client's batch holds all its records): steps are whole epochs
+    TrainSettings(batch_size=32, lr=0.1, local_epochs=3),
+    TrainSettings(
+        batch_size=20, lr=0.05, local_epochs=2, momentum=0.9, weight_decay=1e-2, fedprox_mu=0.2
+    ),
 ]
 
 
@@ -113,12 +119,14 @@ def test_sequential_engine_equals_a_plain_loop_per_client_bitwise(settings) -> N
 
 @pytest.mark.parametrize("settings", RECIPES)
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_vectorised_engine_matches_sequential(settings, activation: str) -> None:
-    """Unequal sizes (short last batches, clients that stop early), several chunks."""
+@pytest.mark.parametrize("record_space", [False, True])
+def test_vectorised_engine_matches_sequential(settings, activation: str, record_space) -> None:
+    """Unequal sizes (short last batches, clients that stop early), several chunks; the first
+    layer dense and in record space (alpha * W0 + C^T X)."""
     model, sizes = _model([16, 8], activation), [7, 13, 1, 20, 9, 9, 2]
     start = {k: v.clone() for k, v in model.state_dict().items()}
     seq = SequentialEngine(_shards(sizes), model, settings)
-    vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=3)
+    vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=3, record_space=record_space)
     ids = [0, 2, 3, 4, 5, 6]  # a sampled subset; client 1 sits out
     for _ in range(2):
         want, got = _collect(seq, start, ids), _collect(vec, start, ids)
@@ -174,3 +182,68 @@ def test_federated_run_vectorised_matches_sequential(extra: list[str]) -> None:
         for key, value in result["metrics"].items():
             if isinstance(value, float) and not key.endswith("_seconds"):
                 assert vec["attacks"][attack]["metrics"][key] == pytest.approx(value, abs=2e-3)
+
+
+@pytest.mark.parametrize("sizes", [[12, 12, 12], [1, 7, 22, 3, 2], [5, 30, 9]])
+def test_epoch_permutations_are_torch_randperm_bitwise(sizes: list[int]) -> None:
+    """The batched draws against torch.randperm itself: same permutations, and every
+    generator left in the same state (30 > MAX_N takes the randperm fallback)."""
+    mine = [torch.Generator().manual_seed(100 + k) for k in range(len(sizes))]
+    ref = [torch.Generator().manual_seed(100 + k) for k in range(len(sizes))]
+    for _ in range(2):
+        got = epoch_permutations(mine, sizes, 3)
+        want = torch.cat(
+            [torch.randperm(n, generator=g) for g, n in zip(ref, sizes, strict=True) for _ in "abc"]
+        )
+        assert torch.equal(got, want)
+        for a, b in zip(mine, ref, strict=True):
+            assert torch.equal(a.get_state(), b.get_state())
+    assert epoch_permutations(mine, sizes, 2, values=False) is None
+    for g, n in zip(ref, sizes, strict=True):
+        torch.randperm(n, generator=g), torch.randperm(n, generator=g)
+    for a, b in zip(mine, ref, strict=True):
+        assert torch.equal(a.get_state(), b.get_state())
+
+
+@pytest.mark.parametrize("record_space", [False, True])
+@pytest.mark.parametrize("settings", [RECIPES[1], RECIPES[3], RECIPES[4]])
+def test_train_sums_is_the_weighted_sum_of_trained_weights(settings, record_space) -> None:
+    """The engine's weighted sums (FedAvg's streamed mean) against tensordot of the
+    sequential engine's per-client weights."""
+    model, sizes = _model([16]), [7, 13, 1, 20, 9]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    seq = SequentialEngine(_shards(sizes), model, settings)
+    vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=2, record_space=record_space)
+    ids = [0, 1, 3, 4]
+    coef = {k: (k + 1) / 10 for k in ids}
+    trained = _collect(seq, start, ids)
+    want = {key: sum(coef[k] * w[key] for k, w in trained.items()) for key in start}
+    got = {key: torch.zeros_like(v) for key, v in start.items()}
+    seen = []
+    for chunk, sums in vec.train_sums(start, ids, coef):
+        seen += chunk
+        for key in got:
+            got[key] += sums[key]
+    assert sorted(seen) == ids
+    for key in start:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
+
+
+def test_vectorised_engine_reads_shards_rewritten_in_place() -> None:
+    """A data-poisoning attack rewrites a shard's tensors in place between rounds: the next
+    round trains on the new records (the engine's record store is rebuilt)."""
+    settings, sizes = RECIPES[0], [6, 9, 4]
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    seq_shards, vec_shards = _shards(sizes), _shards(sizes)
+    seq = SequentialEngine(seq_shards, model, settings)
+    vec = VectorisedEngine(vec_shards, model, settings)
+    for r in range(3):
+        if r:
+            for shards in (seq_shards, vec_shards):
+                shards[1].y.copy_((shards[1].y + 1) % 5)
+                shards[2].x.mul_(-1)
+        want, got = _collect(seq, start, [0, 1, 2]), _collect(vec, start, [0, 1, 2])
+        for k in want:
+            for key in want[k]:
+                torch.testing.assert_close(got[k][key], want[k][key], rtol=1e-5, atol=1e-6)

@@ -44,6 +44,16 @@ class Engine(ABC):
     def train(self, start: State, ids: Sequence[int]) -> Iterator[Chunk]:
         """Train clients `ids` from `start`; yield their trained weights chunk by chunk."""
 
+    def train_sums(
+        self, start: State, ids: Sequence[int], coef: dict[int, float]
+    ) -> Iterator[Chunk]:
+        """Train clients `ids` from `start`; yield per chunk its clients and the sum of their
+        trained floating tensors weighted by `coef` (FedAvg's mean, when nothing needs single
+        updates)."""
+        for chunk, stacked in self.train(start, ids):
+            w = torch.tensor([coef[k] for k in chunk])
+            yield chunk, {k: torch.tensordot(w.to(v.dtype), v, dims=1) for k, v in stacked.items()}
+
     def privacy(self) -> dict[str, dict[str, Any] | None]:
         """Privacy spent per client (None: no formal guarantee)."""
         return {str(s.client_id): None for s in self.shards}

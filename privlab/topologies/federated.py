@@ -88,7 +88,7 @@ class FederatedTopology(Topology):
         for attack in ctx.attacks:
             for k in attack.controlled_clients(num_clients):
                 self.owner.setdefault(k, attack)
-        self.engine = self.make_engine([self._shard(c.client_id, c.train_idx) for c in ctx.clients])
+        self.engine = self.make_engine(self._shards())
         server_model = copy.deepcopy(ctx.model)
         state: State = {k: v.detach().clone() for k, v in server_model.state_dict().items()}
         if ctx.defenses.transport is not None:
@@ -183,12 +183,23 @@ class FederatedTopology(Topology):
             },
         )
 
-    def _shard(self, k: int, idx: np.ndarray) -> ClientShard:
-        x = self.ctx.x_train[torch.as_tensor(idx)]
-        y = self.ctx.y_train[torch.as_tensor(idx)]
-        if k in self.owner:
-            x, y = self.owner[k].poison_data(k, x, y)
-        return ClientShard(k, x, y, seeded_generator(self.seed, k, 7))
+    def _shards(self) -> list[ClientShard]:
+        """Each client's training records (one gather for all, split into views), poisoned
+        where an attack controls the client, and its own generator."""
+        clients = self.ctx.clients
+        idx = torch.as_tensor(
+            np.concatenate([np.asarray(c.train_idx, dtype=np.int64) for c in clients])
+        )
+        sizes = [len(c.train_idx) for c in clients]
+        xs = self.ctx.x_train[idx].split(sizes)
+        ys = self.ctx.y_train[idx].split(sizes)
+        shards = []
+        for c, x, y in zip(clients, xs, ys, strict=True):
+            k = c.client_id
+            if k in self.owner:
+                x, y = self.owner[k].poison_data(k, x.clone(), y.clone())
+            shards.append(ClientShard(k, x, y, seeded_generator(self.seed, k, 7)))
+        return shards
 
     def _broadcast(self, r: int, state: State, sampled: list[int]) -> None:
         """The global model to each sampled client; built as a message only where observed."""
@@ -212,11 +223,11 @@ class FederatedTopology(Topology):
             return None
         keys = floating_keys(state)
         total = float(sum(self.engine.num_samples(k) for k in active))
+        coef = {k: self.engine.num_samples(k) / total for k in active}
         acc = {key: torch.zeros_like(state[key]) for key in keys}
-        for ids, stacked in self._timed(self.engine.train(state, active)):
-            w = torch.tensor([self.engine.num_samples(k) / total for k in ids])
+        for _, sums in self._timed(self.engine.train_sums(state, active, coef)):
             for key in keys:
-                acc[key] += torch.tensordot(w.to(stacked[key].dtype), stacked[key], dims=1)
+                acc[key] += sums[key]
         nbytes = sum(state[key].numel() * state[key].element_size() for key in keys)
         for k in active:
             ctx.wire.count(r, client(k), SERVER, nbytes)

@@ -1,0 +1,326 @@
+"""Local SGD of one chunk of stacked clients, forward and backward written out.
+
+The model is a stack of Linear layers and elementwise activations (`LinearStack`); the loss is
+softmax cross-entropy, whose gradient is (softmax - onehot) / batch size, per client. Each
+client's slice of a stacked tensor only ever meets its own slices, so the summed loss of the
+chunk has each client's own gradient as its gradient, and one pass serves all clients.
+
+The first Linear layer is usually the widest (64 or 784 inputs) while a client holds few
+records. Its weight after any number of SGD steps stays in the span of the client's own records:
+every gradient is dz^T x_batch, a combination of the client's rows, and momentum, weight decay
+and FedProx's proximal step are linear in the weight (the representer form of a linear layer's
+gradient). So, when that is cheaper, each client's first weight is kept as
+
+    W = alpha * W0 + C^T X        (X: the client's n records, C: [n, out], alpha: a scalar)
+
+with the SGD, momentum and proximal arithmetic applied to (alpha, C) instead of W, by the same
+elementwise functions (privlab.engine.sgd). A forward pass is then alpha * (x W0^T) + (x X^T) C:
+X W0^T is one large matrix product per round shared by all steps, x X^T are rows of the
+client's Gram matrix, and the per-step cost falls from batch * in * out to batch * n * out; W
+itself is formed once, at the end of the round, or not at all when only a weighted mean over
+clients is wanted (sum_i c_i C_i^T X_i is one product over every record). The bias rides along
+as a constant record feature. `record_space_pays` picks the form by counting multiply-adds
+(e.g. 12 records of 64 features into 256 hidden units, 4 full-batch steps: ~2.8x fewer).
+Results equal the dense path's to rounding (tests/test_engine.py checks both against the
+sequential engine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from privlab.engine.sgd import proximal_update, sgd_update
+from privlab.training import TrainSettings
+
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
+_ACT = {"relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_}  # on fresh outputs
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """A chunk's batches in a padded per-client layout: client i's record j sits at flat row
+    i * n1 + j of `x` / `y`; padded rows are zero records with zero loss weight.
+
+    Batched (`flat` set): step t's batch is rows flat[:, t] ([m, B], padded slots pointing
+    to each client's last, zero row), with labels y [m, steps, B] and weights [m, steps, B, 1].
+    Full batch (`flat` None): every step takes all of a client's rows, in record order, with
+    labels y [m, n1] and weights [m, n1, 1]."""
+
+    flat: torch.Tensor | None
+    y: torch.Tensor
+    weight: torch.Tensor  # 1 / (client's real rows in the batch), 0 on padding
+    x: torch.Tensor  # [m * n1, features]
+    real: torch.Tensor  # [m * n1]: 1 on a client's records, 0 on padding rows
+    active: list[int]  # clients still training at each step (a prefix of the chunk)
+    n1: int  # rows per client
+
+    @property
+    def m(self) -> int:
+        return self.x.shape[0] // self.n1
+
+    def rows(self, step: int, m: int) -> torch.Tensor | None:
+        """Step `step`'s batch rows of the first m clients, flat [m * B] (None: all rows)."""
+        return None if self.flat is None else self.flat[:m, step].reshape(-1)
+
+    def labels(self, step: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(labels [m, rows], loss weights [m, rows, 1]) of that batch."""
+        if self.flat is None:
+            return _prefix(self.y, m), _prefix(self.weight, m)
+        return self.y[:m, step], self.weight[:m, step]
+
+    def steps(self) -> int:
+        return len(self.active)
+
+    def rows_per_step(self) -> int:
+        return self.n1 if self.flat is None else self.flat.shape[2]
+
+
+def take(t: torch.Tensor, rows: torch.Tensor | None, m: int, n1: int) -> torch.Tensor:
+    """Rows of a flat [clients * n1, k] tensor as [m, rows per client, k] (a view when
+    `rows` is None: all rows of the first m clients)."""
+    if rows is None:
+        return _prefix(t, m * n1).view(m, n1, -1)
+    return t.index_select(0, rows).view(m, -1, t.shape[1])
+
+
+def activation_grad(name: str, out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """d(loss)/d(pre-activation) from the activation's output and d(loss)/d(output)."""
+    if name == "relu":  # ReLU's own backward kernel: one pass over the tensor
+        return _THRESHOLD_BACKWARD(grad, out, 0)
+    if name == "tanh":
+        return grad * (1 - out * out)
+    return grad * out * (1 - out)  # sigmoid
+
+
+def record_space_pays(plan: ChunkPlan, out_features: int) -> bool:
+    """Whether the first layer is cheaper in record space (multiply-adds per client per round:
+    dense forward and update each step, against X W0^T, the Gram matrix, the per-step
+    correction and forming W once)."""
+    slots = plan.steps() * plan.rows_per_step()
+    d, n1, o = plan.x.shape[1], plan.n1, out_features
+    return 2 * n1 * d * o + n1 * n1 * d + slots * n1 * o < 2 * slots * d * o
+
+
+class RecordSpaceLinear:
+    """The chunk's first-layer weights and bias in record space (see module doc): each record
+    gets a constant feature r = 1 (0 on padding rows), so [W | b] = alpha * [W0 | b0] + C^T
+    [X | r] and the bias needs no separate sums or updates."""
+
+    def __init__(self, w0: torch.Tensor, b0: torch.Tensor, plan: ChunkPlan) -> None:
+        m, n1, d = plan.m, plan.n1, plan.x.shape[1]
+        self.n1, self.w0, self.b0, self.x = n1, w0, b0, plan.x.view(m, n1, d)
+        self.real = plan.real.view(m, n1, 1)
+        # Every record times the start weights, plus the start bias: [m * n1, out].
+        self.xw = torch.addmm(b0, plan.x, w0.t())
+        gram = torch.baddbmm(self.real * self.real.transpose(1, 2), self.x, self.x.transpose(1, 2))
+        self.gram = gram.view(m * n1, n1)
+        self.coef = w0.new_zeros(m, n1, w0.shape[0])
+        self.alpha = w0.new_ones(m, 1, 1)
+
+    def forward(self, rows: torch.Tensor | None, m: int, step: int, scaled: bool):
+        """Pre-activations [m, rows, out] of the first m clients' batch rows (a new tensor)."""
+        xw = take(self.xw, rows, m, self.n1)
+        if step == 0:  # alpha is 1 and C zero before the first step
+            return xw.clone() if rows is None else xw
+        gram = take(self.gram, rows, m, self.n1)
+        if scaled:
+            return (xw * self.alpha[:m]).baddbmm_(gram, _prefix(self.coef, m))
+        return torch.baddbmm(xw, gram, _prefix(self.coef, m))
+
+    def grad(self, dz: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """d(loss)/dC [m, n1, out]: each batch row's dz lands on its record's row."""
+        if rows is None:
+            return dz
+        m, o = dz.shape[0], dz.shape[2]
+        g = dz.new_zeros(m, self.n1, o)
+        g.view(-1, o).index_add_(0, rows, dz.reshape(-1, o))
+        return g
+
+    def sgd_step(self, dz: torch.Tensor, rows: torch.Tensor | None, lr: float) -> None:
+        """Plain SGD: C -= lr * grad, straight into C's rows."""
+        m, o = dz.shape[0], dz.shape[2]
+        if rows is None:
+            _prefix(self.coef, m).sub_(dz, alpha=lr)
+        else:
+            self.coef.view(-1, o).index_add_(0, rows, dz.reshape(-1, o), alpha=-lr)
+
+    def weights(self, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """W = alpha * W0 + C^T X [m, out, in] and b = alpha * b0 + C^T r [m, out]."""
+        m = self.x.shape[0]
+        ct = self.coef.transpose(1, 2)
+        w, b = self.w0.expand(m, -1, -1), self.b0.expand(m, -1)
+        if scaled:
+            w, b = w * self.alpha, b * self.alpha.view(m, 1)
+        return torch.baddbmm(w, ct, self.x), b + torch.bmm(ct, self.real).view(m, -1)
+
+    def weighted_sum(self, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """sum_i coef_i [W_i | b_i] = (sum_i coef_i alpha_i) [W0 | b0] + (coef * C)^T [X | r]
+        over all clients' records at once: one large matrix product, no per-client weights."""
+        m, n1, o = self.coef.shape
+        c = (self.coef * coef.view(m, 1, 1)).view(m * n1, o)
+        beta = float(coef @ self.alpha.view(m))
+        w = torch.addmm(self.w0, c.t(), self.x.view(m * n1, -1), beta=beta)
+        return w, torch.addmv(self.b0, c.t(), self.real.view(-1), beta=beta)
+
+
+def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
+    """h [m, B, in] times each client's w [m, out, in]; a `shared` w [1, ...] (the start
+    state, before the first step) is one large matrix product instead of m small ones."""
+    if shared:
+        m, bsz, d = h.shape
+        h2 = h.reshape(m * bsz, d)
+        if w.shape[1] <= 32:  # narrow (logits): W h^T is the faster product for the BLAS
+            return torch.addmm(b[0].unsqueeze(1), w[0], h2.t()).t().contiguous().view(m, bsz, -1)
+        return torch.addmm(b[0], h2, w[0].t()).view(m, bsz, -1)
+    return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+
+def _back_linear(dz: torch.Tensor, w: torch.Tensor, shared: bool) -> torch.Tensor:
+    """The gradient reaching the layer's input: dz [m, B, out] times w [m|1, out, in]."""
+    if shared:
+        m, bsz, o = dz.shape
+        return (dz.reshape(m * bsz, o) @ w[0]).view(m, bsz, -1)
+    return torch.bmm(dz, w)
+
+
+def train_chunk(
+    ops: tuple[tuple[str, str], ...],
+    settings: TrainSettings,
+    start: dict[str, torch.Tensor],
+    plan: ChunkPlan,
+    *,
+    record_space: bool | None = None,
+    coef: torch.Tensor | None = None,
+    own: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Every client's local SGD; returns the Linear layers' weights stacked [m, ...], or with
+    `coef` [m] only their sums weighted by it (a mean needs no per-client weights).
+
+    Dense weights stay shared [1, ...] views of `start` until the first step gives each
+    client its own. `record_space` forces the first layer's form (None: the cheaper one).
+    `own`: `start` holds one stacked start per client (dense layers, nothing shared)."""
+    s = settings
+    fused = s.momentum == 0 and s.weight_decay == 0  # the SGD step as one batched product
+    scaled = s.weight_decay != 0 or s.fedprox_mu > 0  # alpha moves away from 1
+    first = ops[0][1]
+    w0, b0 = start[f"{first}.weight"].detach(), start[f"{first}.bias"].detach()
+    if own:
+        record_space = False  # record space needs one shared start
+    elif record_space is None:
+        record_space = record_space_pays(plan, w0.shape[0])
+    rs = RecordSpaceLinear(w0, b0, plan) if record_space else None
+    dense = [n for i, (k, n) in enumerate(ops) if k == "linear" and (i > 0 or rs is None)]
+    if own:
+        weights = {n: start[f"{n}.weight"].detach().clone() for n in dense}
+        biases = {n: start[f"{n}.bias"].detach().clone() for n in dense}
+    else:
+        weights = {n: start[f"{n}.weight"].detach().unsqueeze(0) for n in dense}
+        biases = {n: start[f"{n}.bias"].detach().unsqueeze(0) for n in dense}
+    buffers: list[torch.Tensor | None] = []
+    minus = plan.x.new_full((plan.m, plan.rows_per_step(), 1), -1.0)  # the one-hot's -1
+    for step, mt in enumerate(plan.active):
+        shared = step == 0 and not own  # the start is still one [1, ...] copy
+        rows = plan.rows(step, mt)
+        params, grads = [], []  # unfused: collected for one sgd_update over all layers
+        inputs: dict[int, torch.Tensor] = {}
+        outputs: dict[int, torch.Tensor] = {}
+        h = take(plan.x, rows, mt, plan.n1) if rs is None else plan.x
+        for i, (kind, name) in enumerate(ops):
+            if kind == "act":
+                h = outputs[i] = _ACT[name](h)
+                continue
+            if i == 0 and rs is not None:
+                h = rs.forward(rows, mt, step, scaled)
+                continue
+            w = weights[name] if shared else _prefix(weights[name], mt)
+            b = biases[name] if shared else _prefix(biases[name], mt)
+            inputs[i] = h
+            h = _linear(h, w, b, shared)
+        dz = h.sub_(h.amax(dim=2, keepdim=True)).exp_()  # softmax, in place on the logits
+        dz.div_(dz.sum(dim=2, keepdim=True))
+        y, weight = plan.labels(step, mt)
+        dz.scatter_add_(2, y.unsqueeze(2), _prefix(minus, mt))
+        dz.mul_(weight)
+        for i in reversed(range(len(ops))):
+            kind, name = ops[i]
+            if kind == "act":
+                dz = activation_grad(name, outputs[i], dz)
+                continue
+            if i == 0 and rs is not None:
+                if fused:
+                    rs.sgd_step(dz, rows, s.lr)
+                else:
+                    params += [rs.alpha[:mt], rs.coef[:mt]]
+                    grads += [torch.zeros_like(rs.alpha[:mt]), rs.grad(dz, rows)]
+                continue
+            gb = dz.sum(dim=1)
+            w = weights[name] if shared else _prefix(weights[name], mt)
+            d_in = _back_linear(dz, w, shared) if i > 0 else None  # weights before the step
+            dzt = dz.transpose(1, 2)
+            if not fused:
+                if shared:  # each client gets its own copy
+                    weights[name] = w = _tile(w[0], mt)
+                params.append(w)
+                grads.append(torch.bmm(dzt, inputs[i]))
+            elif shared:
+                weights[name] = torch.baddbmm(w.expand(mt, -1, -1), dzt, inputs[i], alpha=-s.lr)
+            else:
+                w.baddbmm_(dzt, inputs[i], alpha=-s.lr)
+            if fused and shared:
+                biases[name] = biases[name] - s.lr * gb
+            elif fused:
+                _prefix(biases[name], mt).sub_(gb, alpha=s.lr)
+            else:
+                if shared:
+                    biases[name] = _tile(biases[name][0], mt)
+                params.append(biases[name][:mt])
+                grads.append(gb)
+            if d_in is not None:
+                dz = d_in
+        if not fused:
+            bufs = [b[:mt] for b in buffers] if buffers else [None] * len(params)
+            sgd_update(
+                params, grads, bufs, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+            )
+            if step == 0:
+                buffers = bufs  # the first step (all clients) made full-height buffers
+        if s.fedprox_mu > 0:
+            _proximal(ops, rs, weights, biases, start, mt, s, own)
+    out = {f"{n}.bias": b for n, b in biases.items()}
+    out |= {f"{n}.weight": w for n, w in weights.items()}
+    if coef is not None:
+        out = {k: torch.tensordot(coef, v, dims=1) for k, v in out.items()}
+    if rs is not None:
+        w1, b1 = rs.weights(scaled) if coef is None else rs.weighted_sum(coef)
+        out[f"{first}.weight"], out[f"{first}.bias"] = w1, b1
+    return out
+
+
+def _proximal(ops, rs, weights, biases, start, mt: int, s: TrainSettings, own: bool) -> None:
+    """FedProx's proximal step on every layer, towards the start state (alpha towards 1 and
+    C towards 0 in record space: the same arithmetic on the coefficients)."""
+    params, anchor = [], []
+    for i, (kind, name) in enumerate(ops):
+        if kind != "linear":
+            continue
+        if i == 0 and rs is not None:  # the bias is part of C
+            params += [rs.alpha[:mt], rs.coef[:mt]]
+            anchor += [torch.ones(()), torch.zeros(())]
+            continue
+        for key, t in ((f"{name}.weight", weights[name]), (f"{name}.bias", biases[name])):
+            params.append(t[:mt])
+            a = start[key].detach()
+            anchor.append(a[:mt] if own else a.unsqueeze(0))
+    proximal_update(params, anchor, lr=s.lr, mu=s.fedprox_mu)
+
+
+def _prefix(t: torch.Tensor, m: int) -> torch.Tensor:
+    """The first m clients' slice (t itself when it holds exactly m: no view to build)."""
+    return t if t.shape[0] == m else t[:m]
+
+
+def _tile(t: torch.Tensor, m: int) -> torch.Tensor:
+    """m stacked copies of t: [m, *t.shape]."""
+    return t.detach().unsqueeze(0).repeat(m, *([1] * t.dim()))
