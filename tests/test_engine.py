@@ -229,6 +229,23 @@ def test_train_sums_is_the_weighted_sum_of_trained_weights(settings, record_spac
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6)
 
 
+def test_sequential_train_sums_equals_the_base_class_bitwise() -> None:
+    """The sequential engine's own weighted sums against Engine.train_sums (tensordot of the
+    stacked copies), bit for bit, on fresh engines with the same generators."""
+    from privlab.engine.base import Engine
+
+    model, sizes = _model([16]), [7, 13, 1, 20]
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    coef = {k: (k + 1) / 7 for k in range(4)}
+    ours = SequentialEngine(_shards(sizes), model, RECIPES[1]).train_sums(start, range(4), coef)
+    base_engine = SequentialEngine(_shards(sizes), model, RECIPES[1])
+    theirs = Engine.train_sums(base_engine, start, range(4), coef)
+    for (ids_a, a), (ids_b, b) in zip(ours, theirs, strict=True):
+        assert ids_a == ids_b
+        for key in start:
+            assert torch.equal(a[key], b[key])
+
+
 def test_vectorised_engine_reads_shards_rewritten_in_place() -> None:
     """A data-poisoning attack rewrites a shard's tensors in place between rounds: the next
     round trains on the new records (the engine's record store is rebuilt)."""

@@ -59,6 +59,19 @@ class SequentialEngine(Engine):
             trained = trainer.model.state_dict()
             yield [k], {key: trained[key].detach().clone().unsqueeze(0) for key in keys}
 
+    def train_sums(
+        self, start: State, ids: Sequence[int], coef: dict[int, float]
+    ) -> Iterator[Chunk]:
+        """As Engine.train_sums, one client at a time: its weights times its coefficient,
+        straight from the trainer (no stacked copy; the same single product as the base
+        class's one-term tensordot)."""
+        keys = floating_keys(start)
+        for k in ids:
+            trainer = self.trainer(k)
+            trainer.train(start)
+            trained = trainer.model.state_dict()
+            yield [k], {key: trained[key].detach() * coef[k] for key in keys}
+
     def privacy(self) -> dict[str, dict[str, Any] | None]:
         if self._trainers is None:
             return super().privacy()
