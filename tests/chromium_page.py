@@ -3,8 +3,9 @@
 Starts Debian's chromium with an empty profile and ``--remote-debugging-port=0`` (the chosen
 port is read from ``DevToolsActivePort``), drives the first page target with websocket-client,
 and reports the three failure kinds the report must never show: console errors (console.error,
-uncaught exceptions, browser log errors), network requests (anything but the page's own file),
-and content wider than the page (at a given viewport width, on screen or in print media).
+uncaught exceptions, browser log errors), network requests (anything but the page's own file
+and its inline data:image/ URIs), and content wider than the page (at a given viewport width,
+on screen or in print media).
 """
 
 from __future__ import annotations
@@ -234,7 +235,8 @@ def check_page(
                 result.console_errors.append(str(p["entry"].get("text")))
             elif method == "Network.requestWillBeSent":
                 req_url = p.get("request", {}).get("url", "")
-                if req_url != url:
+                # data:image/ URIs are the page's own inline images (privlab.png), not fetches
+                if req_url != url and not req_url.startswith("data:image/"):
                     result.requests.append(req_url)
         return result
     finally:

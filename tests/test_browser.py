@@ -11,9 +11,12 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from chromium_page import browser, check_page, chromium
 from test_report import make_results
+
+from privlab.png import png_data_uri
 
 pytestmark = pytest.mark.skipif(chromium() is None, reason="chromium is not installed")
 
@@ -27,8 +30,9 @@ must never need</td></tr></table></div>
 <script>console.error("deliberate console error"); undefined_function();</script>
 </body></html>"""
 
-CLEAN = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>clean</title></head>
-<body><p>nothing wrong here</p></body></html>"""
+CLEAN = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>clean</title></head>
+<body><p>nothing wrong here</p><img src="{png_data_uri(np.full((3, 4, 4), 0.5))}" alt="">
+</body></html>"""
 
 
 @pytest.fixture

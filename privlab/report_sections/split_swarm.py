@@ -30,9 +30,17 @@ def _delta(v: Any, ref: Any) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
+    """Stacks on narrow screens (cells labelled); with more than six columns, tiles at any
+    width (the report template's table.stack and table.tiles)."""
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td data-label="{escape(h)}">{c}</td>' for h, c in zip(head, r, strict=False))
+        + "</tr>"
+        for r in rows
+    )
+    kind = "stack tiles" if len(head) > 6 else "stack"
+    return f'<table class="{kind}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _variants(results: dict[str, Any]) -> dict[str, Any]:
