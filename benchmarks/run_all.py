@@ -5,11 +5,12 @@
 Every ratio comes from runs interleaved in this process on the same data, partition, model and
 recipe (the bundled default scenario's MLP [256], batch 16, 4 local epochs, lr 0.1, on
 digits-shaped synthetic data: 64 features, 10 classes, 32 records per client of which 12 train,
-so each local step is a full batch), so machine load hits all of them alike. Timed: the whole FedAvg job (local training, the wire,
-aggregation, per-round test evaluation); data generation and partitioning are prepared once,
-outside the timing. Peak memory (RSS) is measured in a fresh subprocess per engine. Further
-sections: CKKS secure aggregation against TenSEAL alone (bench_secure_aggregation.py), and
-Flower / pfl-research on the same job when installed (`pip install 'privlab[bench]'`).
+so each local step is a full batch), so machine load hits all of them alike. Timed: the whole
+FedAvg job (local training, the wire, aggregation, per-round test evaluation); data generation
+and partitioning are prepared once, outside the timing. Peak memory (RSS) is measured in a fresh
+subprocess per engine. Further sections: CKKS secure aggregation against TenSEAL alone
+(bench_secure_aggregation.py), and Flower / pfl-research on the same job when their venvs exist
+(frameworks.py; the venv commands are in benchmarks/README.md).
 """
 
 from __future__ import annotations
