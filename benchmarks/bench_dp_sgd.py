@@ -3,7 +3,7 @@
 Two measurements in this one process, on one torch thread (as `privlab run`), repeats
 interleaved so machine load hits every contender alike; medians, then ratios:
 
-1. Local training (the default scenario's model and recipe: MLP [128] on digits, batch 16,
+1. Local training (the default scenario's model and recipe: MLP [256] on digits, batch 16,
    lr 0.1) on all training records of the default partition, for `--epochs` epochs:
    non-private privlab LocalTrainer; privlab DP-SGD on the fast path (book-keeping clipping);
    privlab DP-SGD through Opacus (path = "opacus"); vanilla Opacus (PrivacyEngine.make_private
