@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -108,6 +108,18 @@ class Reconstructions(RefereeGraded):
                 "baseline": png_data_uri(np.clip(prior, 0.0, 1.0)),
             }
         return AttackResult(metrics, artifacts, methods)
+
+
+def graded_batches(
+    truth: RefereeTruth, observed: Iterable[BatchKey], what: str
+) -> tuple[list[BatchKey], dict[BatchKey, np.ndarray]]:
+    """The observed batch keys the referee logged, in observation order, and that log
+    (batch key -> record indices); a PrivlabError naming `what` when none match."""
+    batches = truth.log.get("split_batches", {})
+    keys = [k for k in observed if k in batches]
+    if not keys:
+        raise PrivlabError(f"{what}: no observed batch matches the referee's log")
+    return keys, batches
 
 
 def population_prior(view: FinalView) -> np.ndarray | None:

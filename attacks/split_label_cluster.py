@@ -41,7 +41,7 @@ from privlab.attacks.base import (
     RefereeTruth,
     ThreatModel,
 )
-from privlab.attacks.split_common import BatchKey, adversary_seed
+from privlab.attacks.split_common import BatchKey, adversary_seed, graded_batches
 from privlab.attacks.split_common import client_id as _client_id
 from privlab.errors import PrivlabError, ScenarioError
 from privlab.wire import SERVER, Message
@@ -101,10 +101,7 @@ class LabelPredictions(RefereeGraded):
             with_share_baseline,
         )
 
-        batches = truth.log.get("split_batches", {})
-        keys = [k for k in self.predicted if k in batches]
-        if not keys:
-            raise PrivlabError("label inference: no observed batch matches the referee's log")
+        keys, batches = graded_batches(truth, self.predicted, "label inference")
         labels = [truth.y_train[batches[k]] for k in keys]
         hits = np.array([(self.predicted[k] == y).sum() for k, y in zip(keys, labels, strict=True)])
         sizes = np.array([len(y) for y in labels])

@@ -35,7 +35,7 @@ from privlab.attacks.base import (
     RefereeTruth,
     ThreatModel,
 )
-from privlab.attacks.split_common import BatchKey
+from privlab.attacks.split_common import BatchKey, graded_batches
 from privlab.attacks.split_common import client_id as _client_id
 from privlab.errors import PrivlabError, ScenarioError
 from privlab.wire import SERVER, Message
@@ -100,10 +100,7 @@ class LabelScores(RefereeGraded):
             with_share_baseline,
         )
 
-        batches = truth.log.get("split_batches", {})
-        keys = [k for k in self.scores if k in batches]
-        if not keys:
-            raise PrivlabError("label leakage: no observed batch matches the referee's log")
+        keys, batches = graded_batches(truth, self.scores, "label leakage")
         labels = {k: truth.y_train[batches[k]] for k in keys}
         seen = np.concatenate(list(labels.values()))
         classes, counts = np.unique(seen, return_counts=True)
