@@ -117,13 +117,20 @@ def test_sequential_engine_equals_a_plain_loop_per_client_bitwise(settings) -> N
                 assert torch.equal(got[k][key], want[key]), (k, key)
 
 
+UNEQUAL, EQUAL = [7, 13, 1, 20, 9, 9, 2], [9] * 7  # equal: chunks of consecutive clients
+
+
 @pytest.mark.parametrize("settings", RECIPES)
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("record_space", [False, True])
-def test_vectorised_engine_matches_sequential(settings, activation: str, record_space) -> None:
-    """Unequal sizes (short last batches, clients that stop early), several chunks; the first
-    layer dense and in record space (alpha * W0 + C^T X)."""
-    model, sizes = _model([16, 8], activation), [7, 13, 1, 20, 9, 9, 2]
+@pytest.mark.parametrize("sizes", [UNEQUAL, EQUAL])
+def test_vectorised_engine_matches_sequential(
+    settings, activation: str, record_space, sizes: list[int]
+) -> None:
+    """Unequal sizes (short last batches, clients that stop early), several chunks, and
+    equal sizes (a chunk's records are then a view of the store); the first layer dense and
+    in record space (alpha * W0 + C^T X)."""
+    model = _model([16, 8], activation)
     start = {k: v.clone() for k, v in model.state_dict().items()}
     seq = SequentialEngine(_shards(sizes), model, settings)
     vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=3, record_space=record_space)
@@ -207,10 +214,13 @@ def test_epoch_permutations_are_torch_randperm_bitwise(sizes: list[int]) -> None
 
 @pytest.mark.parametrize("record_space", [False, True])
 @pytest.mark.parametrize("settings", [RECIPES[1], RECIPES[3], RECIPES[4]])
-def test_train_sums_is_the_weighted_sum_of_trained_weights(settings, record_space) -> None:
+@pytest.mark.parametrize("sizes", [UNEQUAL[:5], EQUAL[:5]])
+def test_train_sums_is_the_weighted_sum_of_trained_weights(
+    settings, record_space, sizes: list[int]
+) -> None:
     """The engine's weighted sums (FedAvg's streamed mean) against tensordot of the
     sequential engine's per-client weights."""
-    model, sizes = _model([16]), [7, 13, 1, 20, 9]
+    model = _model([16])
     start = {k: v.clone() for k, v in model.state_dict().items()}
     seq = SequentialEngine(_shards(sizes), model, settings)
     vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=2, record_space=record_space)

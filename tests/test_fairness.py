@@ -119,3 +119,21 @@ def test_gap_interval_matches_an_index_resampling_bootstrap() -> None:
     lo, hi = np.percentile(gaps, [2.5, 97.5])
     ci = gap_interval(parts)
     assert abs(ci[0] - lo) < 0.04 and abs(ci[1] - hi) < 0.04
+
+
+def test_grouped_gap_interval_matches_an_index_resampling_bootstrap() -> None:
+    """Many parts sharing a few (n, k), as clients do at scale: the multinomial-per-group
+    sampler against the textbook bootstrap (every part's records resampled, 4,000 draws)."""
+    rng = np.random.default_rng(5)
+    ks = rng.choice([9, 10, 11, 12], size=80, p=[0.1, 0.3, 0.4, 0.2])
+    parts = [np.arange(12) < k for k in ks] + [np.arange(20) < 17 for _ in range(20)]
+    pairs = {(len(h), int(h.sum())) for h in parts}
+    assert sum(n + 1 for n, _ in pairs) < len(parts)  # the grouped sampler applies
+    gaps = []
+    for _ in range(4000):
+        accs = [h[rng.integers(0, len(h), len(h))].mean() for h in parts]
+        gaps.append(max(accs) - min(accs))
+    lo, hi = np.percentile(gaps, [2.5, 97.5])
+    ci = gap_interval(parts)
+    assert abs(ci[0] - lo) < 0.02 and abs(ci[1] - hi) < 0.02, (ci, lo, hi)
+    assert ci == gap_interval(parts)

@@ -34,8 +34,9 @@ import torch
 from privlab.engine.sgd import proximal_update, sgd_update
 from privlab.training import TrainSettings
 
-_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.grad_input
 _ACT = {"relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_}  # on fresh outputs
+_ACT_NEW = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,13 @@ def take(t: torch.Tensor, rows: torch.Tensor | None, m: int, n1: int) -> torch.T
 
 
 def activation_grad(name: str, out: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """d(loss)/d(pre-activation) from the activation's output and d(loss)/d(output)."""
+    """d(loss)/d(pre-activation) from the activation's output and d(loss)/d(output), written
+    over `grad` (a fresh tensor that nothing else reads)."""
     if name == "relu":  # ReLU's own backward kernel: one pass over the tensor
-        return _THRESHOLD_BACKWARD(grad, out, 0)
+        return _THRESHOLD_BACKWARD(grad, out, 0, grad_input=grad)
     if name == "tanh":
-        return grad * (1 - out * out)
-    return grad * out * (1 - out)  # sigmoid
+        return grad.mul_(1 - out * out)
+    return grad.mul_(out * (1 - out))  # sigmoid
 
 
 def record_space_pays(plan: ChunkPlan, out_features: int) -> bool:
@@ -118,6 +120,13 @@ class RecordSpaceLinear:
         self.gram = gram.view(m * n1, n1)
         self.coef = w0.new_zeros(m, n1, w0.shape[0])
         self.alpha = w0.new_ones(m, 1, 1)
+        self.pre: torch.Tensor | None = None
+
+    def track(self) -> None:
+        """Plain SGD on full batches: keep every record's pre-activation A = X W0^T + G C and
+        update it with C (A -= lr G dC, one product written in place) instead of recomputing
+        G C into a fresh copy of X W0^T each step."""
+        self.pre = self.xw.view(self.coef.shape)
 
     def forward(self, rows: torch.Tensor | None, m: int, step: int, scaled: bool):
         """Pre-activations [m, rows, out] of the first m clients' batch rows (a new tensor)."""
@@ -138,11 +147,15 @@ class RecordSpaceLinear:
         g.view(-1, o).index_add_(0, rows, dz.reshape(-1, o))
         return g
 
-    def sgd_step(self, dz: torch.Tensor, rows: torch.Tensor | None, lr: float) -> None:
-        """Plain SGD: C -= lr * grad, straight into C's rows."""
+    def sgd_step(self, dz: torch.Tensor, rows: torch.Tensor | None, lr: float, last: bool) -> None:
+        """Plain SGD: C -= lr * grad, straight into C's rows (and the tracked pre-activations
+        with it, unless this was the last step)."""
         m, o = dz.shape[0], dz.shape[2]
         if rows is None:
             _prefix(self.coef, m).sub_(dz, alpha=lr)
+            if self.pre is not None and not last:
+                gram = self.gram.view(-1, self.n1, self.n1)
+                _prefix(self.pre, m).baddbmm_(_prefix(gram, m), dz, alpha=-lr)
         else:
             self.coef.view(-1, o).index_add_(0, rows, dz.reshape(-1, o), alpha=-lr)
 
@@ -159,10 +172,12 @@ class RecordSpaceLinear:
         """sum_i coef_i [W_i | b_i] = (sum_i coef_i alpha_i) [W0 | b0] + (coef * C)^T [X | r]
         over all clients' records at once: one large matrix product, no per-client weights."""
         m, n1, o = self.coef.shape
-        c = (self.coef * coef.view(m, 1, 1)).view(m * n1, o)
+        c = self.coef.view(m * n1, o)
+        per_row = coef.repeat_interleave(n1)  # scale the (narrower) records, not C
         beta = float(coef @ self.alpha.view(m))
-        w = torch.addmm(self.w0, c.t(), self.x.view(m * n1, -1), beta=beta)
-        return w, torch.addmv(self.b0, c.t(), self.real.view(-1), beta=beta)
+        x = self.x.reshape(m * n1, -1) * per_row.unsqueeze(1)
+        w = torch.addmm(self.w0, c.t(), x, beta=beta)
+        return w, torch.addmv(self.b0, c.t(), self.real.view(-1) * per_row, beta=beta)
 
 
 def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -213,6 +228,10 @@ def train_chunk(
     elif record_space is None:
         record_space = record_space_pays(plan, w0.shape[0])
     rs = RecordSpaceLinear(w0, b0, plan) if record_space else None
+    fused_act = rs is not None and fused and not scaled and plan.flat is None and len(ops) > 1
+    if fused_act:  # the first layer's activation straight from the tracked pre-activations
+        assert rs is not None and ops[1][0] == "act"
+        rs.track()
     dense = [n for i, (k, n) in enumerate(ops) if k == "linear" and (i > 0 or rs is None)]
     if own:
         weights = {n: start[f"{n}.weight"].detach().clone() for n in dense}
@@ -231,7 +250,12 @@ def train_chunk(
         h = take(plan.x, rows, mt, plan.n1) if rs is None else plan.x
         for i, (kind, name) in enumerate(ops):
             if kind == "act":
-                h = outputs[i] = _ACT[name](h)
+                if not (fused_act and i == 1):
+                    h = outputs[i] = _ACT[name](h)
+                continue
+            if fused_act and i == 0:
+                assert rs is not None and rs.pre is not None
+                h = outputs[1] = _ACT_NEW[ops[1][1]](_prefix(rs.pre, mt))
                 continue
             if i == 0 and rs is not None:
                 h = rs.forward(rows, mt, step, scaled)
@@ -252,7 +276,7 @@ def train_chunk(
                 continue
             if i == 0 and rs is not None:
                 if fused:
-                    rs.sgd_step(dz, rows, s.lr)
+                    rs.sgd_step(dz, rows, s.lr, last=step == plan.steps() - 1)
                 else:
                     params += [rs.alpha[:mt], rs.coef[:mt]]
                     grads += [torch.zeros_like(rs.alpha[:mt]), rs.grad(dz, rows)]

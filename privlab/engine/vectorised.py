@@ -162,17 +162,8 @@ class VectorisedEngine(Engine):
         m, n1 = len(chunk), max(sizes) + (0 if full else 1)  # + a zero row padded slots use
         gens = [self.shards[k].generator for k in chunk]
         perms = epoch_permutations(gens, sizes, epochs, values=not full)
-        # Records in the padded layout: client i's record j at row i * n1 + j.
         n = torch.tensor(sizes)
-        within = torch.arange(int(n.sum())) - (n.cumsum(0) - n).repeat_interleave(n)
-        slot = (torch.arange(m) * n1).repeat_interleave(n) + within
-        src = self._offsets[torch.tensor(chunk)].repeat_interleave(n) + within
-        x = store[0].new_zeros(m * n1, store[0].shape[1])
-        x[slot] = store[0][src]
-        y = store[1].new_zeros(m * n1)
-        y[slot] = store[1][src]
-        real = torch.zeros(m * n1, dtype=x.dtype)
-        real[slot] = 1.0
+        x, y, real = self._layout(chunk, sizes, n1, store)
         if full:
             weight = (real.view(m, n1) / n.to(x.dtype).view(m, 1)).view(m, n1, 1)
             return ChunkPlan(None, y.view(m, n1), weight, x, real, [m] * epochs, n1)
@@ -194,6 +185,29 @@ class VectorisedEngine(Engine):
         flat = local + (torch.arange(m) * n1).view(m, 1, 1)
         active = [sum(t > step for t in total_steps) for step in range(max(total_steps))]
         return ChunkPlan(flat, y[flat], weight, x, real, active, n1)
+
+    def _layout(
+        self, chunk: list[int], sizes: list[int], n1: int, store: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The chunk's records, labels and real-row marks in the padded layout (client i's
+        record j at row i * n1 + j). Consecutive clients that all fill their n1 rows already
+        sit so in the store: the layout is then a view of it, no copy."""
+        m, first = len(chunk), chunk[0]
+        if min(sizes) == n1 and chunk == list(range(first, first + m)):
+            lo = int(self._offsets[first])
+            x, y = store[0][lo : lo + m * n1], store[1][lo : lo + m * n1]
+            return x, y, x.new_ones(m * n1)
+        n = torch.tensor(sizes)
+        within = torch.arange(int(n.sum())) - (n.cumsum(0) - n).repeat_interleave(n)
+        slot = (torch.arange(m) * n1).repeat_interleave(n) + within
+        src = self._offsets[torch.tensor(chunk)].repeat_interleave(n) + within
+        x = store[0].new_zeros(m * n1, store[0].shape[1])
+        x[slot] = store[0][src]
+        y = store[1].new_zeros(m * n1)
+        y[slot] = store[1][src]
+        real = torch.zeros(m * n1, dtype=x.dtype)
+        real[slot] = 1.0
+        return x, y, real
 
     def _train_chunk(
         self,
