@@ -79,6 +79,27 @@ class Wire:
             row[i] += nbytes
             row[i + 2] += 1
 
+    def count_star(
+        self, round_: int, hub: str, spokes: list[str], nbytes: int, *, outward: bool
+    ) -> None:
+        """`count` for one unobserved message of nbytes between the hub and each spoke (hub to
+        spokes when `outward`, as a broadcast; else spokes to hub, as uploads), in one pass."""
+        if not spokes:
+            return
+        n = len(spokes)
+        self.bytes_by_round[round_] += nbytes * n
+        traffic = self.traffic[round_]
+        hub_row = traffic.setdefault(hub, [0, 0, 0, 0])
+        h, o = (0, 1) if outward else (1, 0)  # the hub's side of the row, the spokes' side
+        hub_row[h] += nbytes * n
+        hub_row[h + 2] += n
+        for party in spokes:
+            row = traffic.get(party)
+            if row is None:
+                row = traffic[party] = [0, 0, 0, 0]
+            row[o] += nbytes
+            row[o + 2] += 1
+
     def subscribe(self, can_see: Callable[[Message], bool], observer: Observer) -> None:
         self._observers.append((can_see, observer))
 

@@ -203,12 +203,13 @@ class FederatedTopology(Topology):
 
     def _broadcast(self, r: int, state: State, sampled: list[int]) -> None:
         """The global model to each sampled client; built as a message only where observed."""
-        wire, nbytes = self.ctx.wire, payload_bytes(state)
+        wire, unseen = self.ctx.wire, []
         for k in sampled:
             if wire.watched(r, SERVER, client(k), "global_model"):
                 wire.send(r, SERVER, client(k), "global_model", state)
             else:
-                wire.count(r, SERVER, client(k), nbytes)
+                unseen.append(client(k))
+        wire.count_star(r, SERVER, unseen, payload_bytes(state), outward=True)
 
     def _streamed_mean(self, r: int, state: State, active: list[int]) -> Update | None:
         """FedAvg's weighted mean straight from the engine's stacked weights, when nothing
@@ -229,8 +230,7 @@ class FederatedTopology(Topology):
             for key in keys:
                 acc[key] += sums[key]
         nbytes = sum(state[key].numel() * state[key].element_size() for key in keys)
-        for k in active:
-            ctx.wire.count(r, client(k), SERVER, nbytes)
+        ctx.wire.count_star(r, SERVER, [client(k) for k in active], nbytes, outward=False)
         return {key: acc[key] - state[key] for key in keys}
 
     def _timed(self, chunks: Iterator[Chunk]) -> Iterator[Chunk]:
