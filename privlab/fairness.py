@@ -23,6 +23,7 @@ from scipy import stats
 
 from privlab.data import Dataset
 from privlab.partition import ClientData
+from privlab.training import blockwise_logits
 
 BOOTSTRAP = 1000
 
@@ -31,12 +32,8 @@ def correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndar
     """Per-record correctness of the model's arg-max prediction."""
     if len(y) == 0:
         return np.zeros(0, dtype=bool)
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        hit = (model(x).argmax(dim=1) == y).numpy()
-    model.train(was)
-    return hit
+    pred = torch.cat([logits.argmax(dim=1) for logits in blockwise_logits(model, x)])
+    return (pred == y).numpy()
 
 
 def clopper_pearson(k: int, n: int) -> list[float]:

@@ -10,6 +10,7 @@ their own trainer with the same API.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,16 +67,34 @@ def clone_state(model: nn.Module) -> State:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of the model on (x, y)."""
+EVAL_BLOCK = 1024
+"""Records per forward pass when evaluating: blocks of activations that stay in the CPU cache
+and reuse one allocation, where a single pass over 20,000 records allocates (and faults in)
+tens of megabytes per layer."""
+
+
+def blockwise_logits(model: nn.Module, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The model's outputs on x, EVAL_BLOCK records at a time (eval mode, no autograd), for
+    models whose output on a record does not depend on the other records of the batch."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        logits = model(x)
-        loss = F.cross_entropy(logits, y).item()
-        acc = (logits.argmax(dim=1) == y).float().mean().item()
-    model.train(was_training)
-    return acc, loss
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), EVAL_BLOCK):
+                yield model(x[i : i + EVAL_BLOCK])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the model on (x, y)."""
+    loss, hits = 0.0, 0
+    for i, logits in enumerate(blockwise_logits(model, x)):
+        yb = y[i * EVAL_BLOCK : (i + 1) * EVAL_BLOCK]
+        loss += F.cross_entropy(logits, yb, reduction="sum").item()
+        hits += int((logits.argmax(dim=1) == yb).sum())
+    n = len(y)
+    return (hits / n, loss / n) if n else (float("nan"), float("nan"))
 
 
 class LocalTrainer:

@@ -41,14 +41,19 @@ def epoch_permutations(
         ]
         return torch.cat(perms) if values else None
     counts = [epochs * (n - 1) if n > 1 else 0 for n in sizes]
+    if not values:  # the same draws into one reused buffer, only to advance the generators
+        buf = torch.empty(max(counts), dtype=torch.long)
+        views = {c: buf[:c] for c in set(counts) if c}
+        for g, n, c in zip(generators, sizes, counts, strict=True):
+            if c:
+                views[c].random_(0, _modulus(n), generator=g)
+        return None
     draws = torch.empty(sum(counts), dtype=torch.long)
     off = 0
     for g, n, c in zip(generators, sizes, counts, strict=True):
         if c:
             draws[off : off + c].random_(0, _modulus(n), generator=g)
             off += c
-    if not values:
-        return None
     # Row r = (client, epoch): its n - 1 draws, padded to the widest client.
     width = max(sizes)
     n_row = torch.tensor(sizes).repeat_interleave(epochs)

@@ -31,12 +31,17 @@ from dataclasses import dataclass
 
 import torch
 
+from privlab.engine.scratch import Scratch
 from privlab.engine.sgd import proximal_update, sgd_update
 from privlab.training import TrainSettings
 
 _THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.grad_input
 _ACT = {"relu": torch.relu_, "tanh": torch.tanh_, "sigmoid": torch.sigmoid_}  # on fresh outputs
-_ACT_NEW = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+_ACT_INTO = {  # into a preallocated buffer
+    "relu": lambda x, out: torch.clamp_min(x, 0, out=out),
+    "tanh": lambda x, out: torch.tanh(x, out=out),
+    "sigmoid": lambda x, out: torch.sigmoid(x, out=out),
+}
 
 
 @dataclass(frozen=True)
@@ -110,15 +115,18 @@ class RecordSpaceLinear:
     gets a constant feature r = 1 (0 on padding rows), so [W | b] = alpha * [W0 | b0] + C^T
     [X | r] and the bias needs no separate sums or updates."""
 
-    def __init__(self, w0: torch.Tensor, b0: torch.Tensor, plan: ChunkPlan) -> None:
+    def __init__(
+        self, w0: torch.Tensor, b0: torch.Tensor, plan: ChunkPlan, scratch: Scratch
+    ) -> None:
         m, n1, d = plan.m, plan.n1, plan.x.shape[1]
+        o = w0.shape[0]
         self.n1, self.w0, self.b0, self.x = n1, w0, b0, plan.x.view(m, n1, d)
         self.real = plan.real.view(m, n1, 1)
         # Every record times the start weights, plus the start bias: [m * n1, out].
-        self.xw = torch.addmm(b0, plan.x, w0.t())
+        self.xw = torch.addmm(b0, plan.x, w0.t(), out=scratch.take("xw", (m * n1, o), w0.dtype))
         gram = torch.baddbmm(self.real * self.real.transpose(1, 2), self.x, self.x.transpose(1, 2))
         self.gram = gram.view(m * n1, n1)
-        self.coef = w0.new_zeros(m, n1, w0.shape[0])
+        self.coef = scratch.zeros("coef", (m, n1, o), w0.dtype)
         self.alpha = w0.new_ones(m, 1, 1)
         self.pre: torch.Tensor | None = None
 
@@ -194,12 +202,16 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> 
     return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
 
-def _back_linear(dz: torch.Tensor, w: torch.Tensor, shared: bool) -> torch.Tensor:
-    """The gradient reaching the layer's input: dz [m, B, out] times w [m|1, out, in]."""
+def _back_linear(
+    dz: torch.Tensor, w: torch.Tensor, shared: bool, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The gradient reaching the layer's input: dz [m, B, out] times w [m|1, out, in]
+    (written into `out` [m, B, in] when given)."""
+    m, bsz, o = dz.shape
     if shared:
-        m, bsz, o = dz.shape
-        return (dz.reshape(m * bsz, o) @ w[0]).view(m, bsz, -1)
-    return torch.bmm(dz, w)
+        flat = None if out is None else out.view(m * bsz, -1)
+        return torch.mm(dz.reshape(m * bsz, o), w[0], out=flat).view(m, bsz, -1)
+    return torch.bmm(dz, w, out=out)
 
 
 def train_chunk(
@@ -211,9 +223,11 @@ def train_chunk(
     record_space: bool | None = None,
     coef: torch.Tensor | None = None,
     own: bool = False,
+    scratch: Scratch | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every client's local SGD; returns the Linear layers' weights stacked [m, ...], or with
     `coef` [m] only their sums weighted by it (a mean needs no per-client weights).
+    `scratch`: memory reused across chunks for the temporaries (privlab.engine.scratch).
 
     Dense weights stay shared [1, ...] views of `start` until the first step gives each
     client its own. `record_space` forces the first layer's form (None: the cheaper one).
@@ -227,11 +241,14 @@ def train_chunk(
         record_space = False  # record space needs one shared start
     elif record_space is None:
         record_space = record_space_pays(plan, w0.shape[0])
-    rs = RecordSpaceLinear(w0, b0, plan) if record_space else None
+    scratch = scratch or Scratch()
+    rs = RecordSpaceLinear(w0, b0, plan, scratch) if record_space else None
     fused_act = rs is not None and fused and not scaled and plan.flat is None and len(ops) > 1
     if fused_act:  # the first layer's activation straight from the tracked pre-activations
         assert rs is not None and ops[1][0] == "act"
         rs.track()
+        hidden_buf = scratch.take("hidden", tuple(rs.coef.shape), w0.dtype)
+        grad_buf = scratch.take("grad", tuple(rs.coef.shape), w0.dtype)
     dense = [n for i, (k, n) in enumerate(ops) if k == "linear" and (i > 0 or rs is None)]
     if own:
         weights = {n: start[f"{n}.weight"].detach().clone() for n in dense}
@@ -255,7 +272,8 @@ def train_chunk(
                 continue
             if fused_act and i == 0:
                 assert rs is not None and rs.pre is not None
-                h = outputs[1] = _ACT_NEW[ops[1][1]](_prefix(rs.pre, mt))
+                into = _prefix(hidden_buf, mt)
+                h = outputs[1] = _ACT_INTO[ops[1][1]](_prefix(rs.pre, mt), into)
                 continue
             if i == 0 and rs is not None:
                 h = rs.forward(rows, mt, step, scaled)
@@ -283,15 +301,19 @@ def train_chunk(
                 continue
             gb = dz.sum(dim=1)
             w = weights[name] if shared else _prefix(weights[name], mt)
-            d_in = _back_linear(dz, w, shared) if i > 0 else None  # weights before the step
+            into = _prefix(grad_buf, mt) if fused_act and i == 2 else None
+            d_in = _back_linear(dz, w, shared, into) if i > 0 else None  # weights before the step
             dzt = dz.transpose(1, 2)
             if not fused:
                 if shared:  # each client gets its own copy
                     weights[name] = w = _tile(w[0], mt)
                 params.append(w)
                 grads.append(torch.bmm(dzt, inputs[i]))
-            elif shared:
-                weights[name] = torch.baddbmm(w.expand(mt, -1, -1), dzt, inputs[i], alpha=-s.lr)
+            elif shared:  # in scratch when only the weighted sum leaves the chunk
+                into = None if coef is None else scratch.take(name, (mt, *w.shape[1:]), w.dtype)
+                weights[name] = torch.baddbmm(
+                    w.expand(mt, -1, -1), dzt, inputs[i], alpha=-s.lr, out=into
+                )
             else:
                 w.baddbmm_(dzt, inputs[i], alpha=-s.lr)
             if fused and shared:

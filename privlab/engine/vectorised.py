@@ -37,6 +37,7 @@ from torch import nn
 
 from privlab.engine.base import Chunk, ClientShard, Engine, State, floating_keys
 from privlab.engine.permutations import epoch_permutations
+from privlab.engine.scratch import Scratch
 from privlab.engine.stacked_sgd import ChunkPlan, train_chunk
 from privlab.training import TrainSettings
 
@@ -99,8 +100,10 @@ class VectorisedEngine(Engine):
             raise ValueError("the vectorised engine needs a Flatten-Linear-activation model")
         self.arch = arch
         self.settings = settings
+        self._steps = [settings.local_epochs * settings.steps_per_epoch(n) for n in self._sizes]
         self.chunk_size = chunk_size  # clients per chunk; None: by CHUNK_ROWS, CHUNK_PARAMETERS
         self._parameters = sum(p.numel() for p in model.parameters())
+        self._scratch = Scratch()
         self.record_space = record_space  # the first layer's form; None: the cheaper one
 
     @staticmethod
@@ -114,7 +117,7 @@ class VectorisedEngine(Engine):
         return self._sizes[k]
 
     def steps(self, k: int) -> int:
-        return self.settings.local_epochs * self.settings.steps_per_epoch(self._sizes[k])
+        return self._steps[k]
 
     def train(self, start: State, ids: Sequence[int]) -> Iterator[Chunk]:
         store = self._store()
@@ -146,7 +149,8 @@ class VectorisedEngine(Engine):
     def _chunks(self, ids: Sequence[int]) -> Iterator[list[int]]:
         """Bucketing: similar step counts share a chunk, so few padded steps are wasted.
         Consumers index by client id, so order within and across chunks does not matter."""
-        order = sorted(ids, key=lambda k: (-self.steps(k), k))
+        steps = self._steps
+        order = sorted(ids, key=lambda k: (-steps[k], k))
         if self.chunk_size is not None:
             for i in range(0, len(order), self.chunk_size):
                 yield order[i : i + self.chunk_size]
@@ -242,7 +246,14 @@ class VectorisedEngine(Engine):
         plan = self._plan(chunk, store)
         rs = False if own else self.record_space
         out = train_chunk(
-            self.arch.ops, self.settings, start, plan, record_space=rs, coef=coef, own=own
+            self.arch.ops,
+            self.settings,
+            start,
+            plan,
+            record_space=rs,
+            coef=coef,
+            own=own,
+            scratch=self._scratch,
         )
         for k in floating_keys(start):  # tensors that training does not change
             if k not in out:
