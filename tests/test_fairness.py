@@ -137,3 +137,31 @@ def test_grouped_gap_interval_matches_an_index_resampling_bootstrap() -> None:
     ci = gap_interval(parts)
     assert abs(ci[0] - lo) < 0.02 and abs(ci[1] - hi) < 0.02, (ci, lo, hi)
     assert ci == gap_interval(parts)
+
+
+def test_grouped_gaps_follow_the_exact_distribution() -> None:
+    """The per-group sampler against the gap's exact distribution, enumerated over every joint
+    outcome of 3 parts of Binomial(2, 1/2) and 2 parts of Binomial(3, 2/3) hits."""
+    from itertools import product
+
+    from scipy import stats as st
+
+    from privlab.fairness import _grouped_gaps
+
+    n_of = [2, 2, 2, 3, 3]
+    pmfs = [st.binom.pmf(np.arange(n + 1), n, (1 / 2 if n == 2 else 2 / 3)) for n in n_of]
+    exact: dict[float, float] = {}
+    for hits in product(*[range(n + 1) for n in n_of]):
+        accs = [h / n for h, n in zip(hits, n_of, strict=True)]
+        p = float(np.prod([pmf[h] for pmf, h in zip(pmfs, hits, strict=True)]))
+        key = round(max(accs) - min(accs), 9)
+        exact[key] = exact.get(key, 0.0) + p
+    draws = 200_000
+    gaps = _grouped_gaps(
+        np.array([[2, 1], [3, 2]]), np.array([3, 2]), np.random.default_rng(1), draws
+    )
+    values, freq = np.unique(np.round(gaps, 9), return_counts=True)
+    got = dict(zip(values.tolist(), (freq / draws).tolist(), strict=True))
+    assert set(got) <= set(exact)
+    for key, p in exact.items():  # binomial standard error at 200,000 draws is <= 0.0012
+        assert abs(got.get(key, 0.0) - p) < 0.005, (key, got.get(key), p)

@@ -127,6 +127,7 @@ class RecordSpaceLinear:
         gram = torch.baddbmm(self.real * self.real.transpose(1, 2), self.x, self.x.transpose(1, 2))
         self.gram = gram.view(m * n1, n1)
         self.coef = scratch.zeros("coef", (m, n1, o), w0.dtype)
+        self.scratch = scratch
         self.alpha = w0.new_ones(m, 1, 1)
         self.pre: torch.Tensor | None = None
 
@@ -183,7 +184,8 @@ class RecordSpaceLinear:
         c = self.coef.view(m * n1, o)
         per_row = coef.repeat_interleave(n1)  # scale the (narrower) records, not C
         beta = float(coef @ self.alpha.view(m))
-        x = self.x.reshape(m * n1, -1) * per_row.unsqueeze(1)
+        x = self.x.reshape(m * n1, -1)
+        x = torch.mul(x, per_row.unsqueeze(1), out=self.scratch.take("xs", x.shape, x.dtype))
         w = torch.addmm(self.w0, c.t(), x, beta=beta)
         return w, torch.addmv(self.b0, c.t(), self.real.view(-1) * per_row, beta=beta)
 
