@@ -77,8 +77,10 @@ def _grouped_gaps(
     the first, then m by inverting the second divided by P(M = v)."""
     top = np.full(draws, -np.inf)
     bottom = np.full(draws, np.inf)
-    for (n, k), g in zip(pairs.tolist(), counts.tolist(), strict=True):
-        cdf = np.minimum(np.cumsum(stats.binom.pmf(np.arange(n + 1), n, k / n)), 1.0)
+    ns, ks = pairs[:, :1], pairs[:, 1:]
+    pmfs = stats.binom.pmf(np.arange(int(ns.max()) + 1)[None, :], ns, ks / ns)  # one call
+    for (n, _), g, pmf in zip(pairs.tolist(), counts.tolist(), pmfs, strict=True):
+        cdf = np.minimum(np.cumsum(pmf[: n + 1]), 1.0)
         cdf[-1] = 1.0
         below = np.concatenate([[0.0], cdf[:-1]])  # F(v - 1)
         # S[v, a] = P(m >= a | M = v) for a = 0..n (0 where a > v).
