@@ -205,10 +205,11 @@ class FederatedTopology(Topology):
         """The global model to each sampled client; built as a message only where observed."""
         wire, unseen = self.ctx.wire, []
         for k in sampled:
-            if wire.watched(r, SERVER, client(k), "global_model"):
-                wire.send(r, SERVER, client(k), "global_model", state)
+            name = client(k)
+            if wire.watched(r, SERVER, name, "global_model"):
+                wire.send(r, SERVER, name, "global_model", state)
             else:
-                unseen.append(client(k))
+                unseen.append(name)
         wire.count_star(r, SERVER, unseen, payload_bytes(state), outward=True)
 
     def _streamed_mean(self, r: int, state: State, active: list[int]) -> Update | None:
