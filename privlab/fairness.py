@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from privlab.data import Dataset
 from privlab.partition import ClientData
@@ -37,6 +36,8 @@ def correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndar
 
 
 def clopper_pearson(k: int, n: int) -> list[float]:
+    from scipy import stats  # here: importing scipy.stats takes 0.4 s, most runs never need it
+
     ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
     return [round(float(ci.low), 6), round(float(ci.high), 6)]
 
@@ -78,6 +79,8 @@ def _grouped_gaps(
     top = np.full(draws, -np.inf)
     bottom = np.full(draws, np.inf)
     ns, ks = pairs[:, :1], pairs[:, 1:]
+    from scipy import stats
+
     pmfs = stats.binom.pmf(np.arange(int(ns.max()) + 1)[None, :], ns, ks / ns)  # one call
     for (n, _), g, pmf in zip(pairs.tolist(), counts.tolist(), pmfs, strict=True):
         cdf = np.minimum(np.cumsum(pmf[: n + 1]), 1.0)
