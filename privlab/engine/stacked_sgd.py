@@ -21,6 +21,9 @@ itself is formed once, at the end of the round, or not at all when only a weight
 clients is wanted (sum_i c_i C_i^T X_i is one product over every record). The bias rides along
 as a constant record feature. `record_space_pays` picks the form by counting multiply-adds
 (e.g. 12 records of 64 features into 256 hidden units, 4 full-batch steps: ~2.8x fewer).
+With plain SGD on full batches the pre-activations A = alpha X W0^T + G C themselves are kept and
+moved with C (RecordSpaceLinear.track), and the per-step [clients, records, hidden] blocks live
+in reused scratch memory (privlab.engine.scratch).
 Results equal the dense path's to rounding (tests/test_engine.py checks both against the
 sequential engine).
 """
