@@ -1,0 +1,194 @@
+"""A round's clients as Ray tasks (`client_tasks`, only with `backend = "ray"`).
+
+`RayClientEngine` wraps the engine the variant would use anyway (vectorised, sequential, or
+sequential with a local-training defense's per-client trainers, as DP-SGD's) and sends a
+round's clients out as a few Ray tasks, each training its group with that same inner engine:
+- each client's records go to the object store once (not per round), and again only when an
+  attack rewrote them in place (torch counts in-place writes in a tensor's `_version`, as the
+  vectorised engine's store checks); the round's start state is put once per round;
+- groups are whole chunks of the inner engine (the vectorised engine's 64-client buckets; one
+  client for the sequential engine) and each chunk trains exactly as it would locally, on the
+  driver's torch thread count, so every chunk's stacked weights or weighted sums are bitwise
+  the local ones and are yielded in the local order (FedAvg's sum is then the same sum);
+- generators carry state across rounds (`ClientShard.generator`): a task starts each client's
+  generator from the driver's state and sends the new state back, which the driver writes into
+  its own generator; a trainer's accountant (DP-SGD, anything with an Opacus-style
+  `accountant.history`) travels the same way, so privacy is accounted exactly as locally.
+Tasks per round: one per CPU of the cluster (`client_tasks = true`) or N (`client_tasks = N`),
+never more than the round has chunks. `cost.engine` of results.json is the inner engine's
+description plus `client_tasks` (tasks per round); everything else is the local run's.
+
+When it pays (benchmarks/bench_ray_clients.py, local Ray with 2 CPUs, this 2-core machine):
+a task costs milliseconds (submission, fetching the shards and the start state, returning the
+weights), so it pays only when a group's local training is long: the default FedAvg job
+(vectorised MLP) is MEASURED_DEFAULT; a CNN trained sequentially for many local epochs is
+MEASURED_LONG. Rule of thumb: use it when a round's clients need well over a second of local
+training per CPU of the cluster; keep it off for the built-in vectorised MLP jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from privlab.engine.base import Chunk, ClientShard, Engine, State
+
+Build = Callable[[list[ClientShard]], Engine]
+"""Builds the inner engine for some shards; sent to the tasks, so it must pickle (no lambdas
+holding the whole topology)."""
+
+
+def chunks_of(engine: Engine, ids: Sequence[int]) -> list[list[int]]:
+    """The inner engine's own chunks of a round's clients: each trains as one unit, so a task
+    that trains whole chunks gets bitwise the local results (vectorised clients share their
+    chunk's batched products; the sequential engine trains one client at a time)."""
+    from privlab.engine.vectorised import VectorisedEngine
+
+    if isinstance(engine, VectorisedEngine):
+        return [list(c) for c in engine._chunks(ids)]
+    return [[k] for k in ids]
+
+
+def split_groups(chunks: list[list[int]], sizes: Sequence[int], tasks: int) -> list[list[list[int]]]:
+    """Consecutive runs of chunks, about equal in records (a client's work grows with its
+    records), at most `tasks` of them; order kept, so results come back in the local order."""
+    tasks = max(1, min(tasks, len(chunks)))
+    work = [sum(sizes[k] for k in c) for c in chunks]
+    total, done, groups = float(sum(work)), 0.0, [[] for _ in range(tasks)]
+    for c, w in zip(chunks, work, strict=True):
+        g = min(tasks - 1, int(done * tasks / total)) if total else 0
+        groups[g].append(c)
+        done += w
+    return [g for g in groups if g]
+
+
+def _accountant(engine: Engine, i: int) -> Any:
+    """The accountant of the trainer serving client i, if it keeps one (DP-SGD's)."""
+    trainer = getattr(engine, "trainer", None)
+    if trainer is None or getattr(engine, "_trainers", None) is None:
+        return None  # plain engines: one shared worker, no per-client state beyond generators
+    return getattr(trainer(i), "accountant", None)
+
+
+def train_group(
+    build: Build,
+    threads: int,
+    start: State,
+    chunks: list[list[int]],
+    data: list[Any],
+    generators: list[torch.Tensor],
+    histories: list[list | None],
+    coef: dict[int, float] | None,
+) -> tuple[list[Chunk], list[torch.Tensor], list[list | None]]:
+    """One task: the group's clients (ids in ascending order, as `data` and `generators` list
+    them) train chunk by chunk with the inner engine; returns the chunks (client ids, stacked
+    weights or weighted sums), each client's new generator state and accountant history."""
+    import ray
+
+    torch.set_num_threads(threads)
+    ids = sorted(k for c in chunks for k in c)
+    pos = {k: i for i, k in enumerate(ids)}  # local positions keep the global order
+    shards = []
+    for k, (x, y), state in zip(ids, ray.get(data), generators, strict=True):
+        gen = torch.Generator()
+        gen.set_state(state)
+        shards.append(ClientShard(k, x, y, gen))
+    engine = build(shards)
+    for i, history in enumerate(histories):
+        if history is not None:
+            _accountant(engine, i).history = list(history)
+    out: list[Chunk] = []
+    for chunk in chunks:
+        mine = [pos[k] for k in chunk]
+        if coef is None:
+            produced = engine.train(start, mine)
+        else:
+            produced = engine.train_sums(start, mine, {pos[k]: coef[k] for k in chunk})
+        out += [([ids[i] for i in got], tensors) for got, tensors in produced]
+    states = [s.generator.get_state() for s in shards]
+    new = [None if h is None else list(_accountant(engine, i).history) for i, h in
+           enumerate(histories)]
+    return out, states, new
+
+
+class RayClientEngine(Engine):
+    """The inner engine's clients trained as Ray tasks, bitwise as the inner engine would."""
+
+    def __init__(
+        self, shards: list[ClientShard], build: Build, tasks: bool | int, address: str | None
+    ) -> None:
+        from privlab.engine.ray_backend import start
+
+        super().__init__(shards)
+        self.ray = start(address)
+        self._build = self.ray.put(build)  # the model travels once, not with every task
+        self.local = build(shards)  # chunking, sample counts, the accountants' totals
+        cpus = int(self.ray.cluster_resources().get("CPU", 1))
+        self.tasks = max(1, cpus) if tasks is True else int(tasks)
+        self._task = self.ray.remote(num_cpus=1)(train_group)
+        self._refs: dict[int, tuple[Any, tuple]] = {}
+        self.tasks_per_round: list[int] = []
+        self.name = self.local.name  # type: ignore[misc]
+
+    def num_samples(self, k: int) -> int:
+        return self.local.num_samples(k)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **self.local.describe(),
+            "client_tasks": {"backend": "ray", "tasks": self.tasks,
+                             "tasks_per_round": self.tasks_per_round},
+        }
+
+    def privacy(self) -> dict[str, dict[str, Any] | None]:
+        return self.local.privacy()
+
+    def train(self, start: State, ids: Sequence[int]) -> Iterator[Chunk]:
+        return self._run(start, ids, None)
+
+    def train_sums(
+        self, start: State, ids: Sequence[int], coef: dict[int, float]
+    ) -> Iterator[Chunk]:
+        return self._run(start, ids, coef)
+
+    def _ref(self, k: int) -> Any:
+        """Client k's records in the object store: put once, again only if rewritten."""
+        s = self.shards[k]
+        stamp = (id(s.x), s.x._version, id(s.y), s.y._version)
+        held = self._refs.get(k)
+        if held is None or held[1] != stamp:
+            held = (self.ray.put((s.x, s.y)), stamp)
+            self._refs[k] = held
+        return held[0]
+
+    def _run(self, start: State, ids: Sequence[int], coef: dict[int, float] | None) -> Iterator[Chunk]:
+        if not ids:
+            return
+        sizes = [self.local.num_samples(k) for k in range(len(self.shards))]
+        groups = split_groups(chunks_of(self.local, ids), sizes, self.tasks)
+        self.tasks_per_round.append(len(groups))
+        start_ref = self.ray.put(start)
+        threads = torch.get_num_threads()
+        pending = []
+        for chunks in groups:
+            members = sorted(k for c in chunks for k in c)
+            accountants = [_accountant(self.local, k) for k in members]
+            pending.append((members, accountants, self._task.remote(
+                self._build,
+                threads,
+                start_ref,
+                chunks,
+                [self._ref(k) for k in members],
+                [self.shards[k].generator.get_state() for k in members],
+                [None if a is None else list(a.history) for a in accountants],
+                None if coef is None else {k: coef[k] for k in members},
+            )))
+        for members, accountants, ref in pending:
+            out, states, histories = self.ray.get(ref)
+            for k, state, acc, history in zip(members, states, accountants, histories, strict=True):
+                self.shards[k].generator.set_state(state)
+                if acc is not None:
+                    acc.history = history
+            yield from out
