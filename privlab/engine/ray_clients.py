@@ -51,15 +51,17 @@ def chunks_of(engine: Engine, ids: Sequence[int]) -> list[list[int]]:
     return [[k] for k in ids]
 
 
-def split_groups(chunks: list[list[int]], sizes: Sequence[int], tasks: int) -> list[list[list[int]]]:
+def split_groups(
+    chunks: list[list[int]], sizes: Sequence[int], tasks: int
+) -> list[list[list[int]]]:
     """Consecutive runs of chunks, about equal in records (a client's work grows with its
     records), at most `tasks` of them; order kept, so results come back in the local order."""
     tasks = max(1, min(tasks, len(chunks)))
     work = [sum(sizes[k] for k in c) for c in chunks]
     total, done, groups = float(sum(work)), 0.0, [[] for _ in range(tasks)]
     for c, w in zip(chunks, work, strict=True):
-        g = min(tasks - 1, int(done * tasks / total)) if total else 0
-        groups[g].append(c)
+        g = min(tasks - 1, int((done + w / 2) * tasks / total)) if total else 0
+        groups[g].append(c)  # by the chunk's midpoint: a big chunk does not drag its group
         done += w
     return [g for g in groups if g]
 
@@ -108,8 +110,9 @@ def train_group(
             produced = engine.train_sums(start, mine, {pos[k]: coef[k] for k in chunk})
         out += [([ids[i] for i in got], tensors) for got, tensors in produced]
     states = [s.generator.get_state() for s in shards]
-    new = [None if h is None else list(_accountant(engine, i).history) for i, h in
-           enumerate(histories)]
+    new = [
+        None if h is None else list(_accountant(engine, i).history) for i, h in enumerate(histories)
+    ]
     return out, states, new
 
 
@@ -138,8 +141,11 @@ class RayClientEngine(Engine):
     def describe(self) -> dict[str, Any]:
         return {
             **self.local.describe(),
-            "client_tasks": {"backend": "ray", "tasks": self.tasks,
-                             "tasks_per_round": self.tasks_per_round},
+            "client_tasks": {
+                "backend": "ray",
+                "tasks": self.tasks,
+                "tasks_per_round": self.tasks_per_round,
+            },
         }
 
     def privacy(self) -> dict[str, dict[str, Any] | None]:
@@ -163,7 +169,9 @@ class RayClientEngine(Engine):
             self._refs[k] = held
         return held[0]
 
-    def _run(self, start: State, ids: Sequence[int], coef: dict[int, float] | None) -> Iterator[Chunk]:
+    def _run(
+        self, start: State, ids: Sequence[int], coef: dict[int, float] | None
+    ) -> Iterator[Chunk]:
         if not ids:
             return
         sizes = [self.local.num_samples(k) for k in range(len(self.shards))]
@@ -175,16 +183,22 @@ class RayClientEngine(Engine):
         for chunks in groups:
             members = sorted(k for c in chunks for k in c)
             accountants = [_accountant(self.local, k) for k in members]
-            pending.append((members, accountants, self._task.remote(
-                self._build,
-                threads,
-                start_ref,
-                chunks,
-                [self._ref(k) for k in members],
-                [self.shards[k].generator.get_state() for k in members],
-                [None if a is None else list(a.history) for a in accountants],
-                None if coef is None else {k: coef[k] for k in members},
-            )))
+            pending.append(
+                (
+                    members,
+                    accountants,
+                    self._task.remote(
+                        self._build,
+                        threads,
+                        start_ref,
+                        chunks,
+                        [self._ref(k) for k in members],
+                        [self.shards[k].generator.get_state() for k in members],
+                        [None if a is None else list(a.history) for a in accountants],
+                        None if coef is None else {k: coef[k] for k in members},
+                    ),
+                )
+            )
         for members, accountants, ref in pending:
             out, states, histories = self.ray.get(ref)
             for k, state, acc, history in zip(members, states, accountants, histories, strict=True):
