@@ -1,9 +1,12 @@
 """Clients as Ray tasks (`client_tasks = true`) against the same job with clients in-process.
 
-Both runs of a pair are the same scenario, seed and single variant in this process: "local"
-is `backend = "local"` (the inner engine in the driver), "tasks" is `backend = "ray"` with
-`client_tasks = true` on a local Ray of 2 CPUs (so two tasks per round; with one variant the
-variant itself runs in the driver, so only where the clients train differs). Ray is started and
+The three runs are the same scenario, seed and single variant in this process: "local" is
+`backend = "local"` (the inner engine in the driver); "1 task" and "2 tasks" are
+`backend = "ray"` with `client_tasks = 1` and `client_tasks = true` on a local Ray of 2 CPUs
+(with one variant, the variant itself runs in the driver, so only where the clients train
+differs). 1 task / local is the tasks' overhead alone; local / 2 tasks the speed-up, whose
+ceiling is the parallel capacity printed before and after (this machine is shared with other
+jobs, and two busy vCPUs may not give two CPUs' worth). Ray is started and
 its workers warmed up (imports, a first job) outside the timing; repeats are interleaved and
 the medians compared; results.json must agree (cost.engine and timing aside) or the benchmark
 stops. Jobs:
@@ -54,6 +57,36 @@ def job_overrides(job: str) -> list[str]:
     ]
 
 
+def burn(iterations: int, size: int) -> float:
+    """A Ray task of fixed work: matrix products of `size` x `size` (200: compute-bound;
+    16: small ops, as a CNN client's steps); returns its wall time."""
+    torch.set_num_threads(1)
+    t0, a = time.perf_counter(), torch.randn(size, size)
+    for _ in range(iterations):
+        a = a @ a
+        a = a / a.norm()
+    return time.perf_counter() - t0
+
+
+def parallel_capacity(ray, size: int) -> float:
+    """How many CPUs two concurrent Ray tasks get now (2.0 on two idle cores; this machine is
+    shared, and its two vCPUs may share a physical core): one task's time over two's, x 2."""
+    task = ray.remote(num_cpus=1)(burn)
+    iterations = 3000 if size >= 100 else 60000
+    ray.get([task.remote(10, size), task.remote(10, size)])  # both workers up
+    t0 = time.perf_counter()
+    ray.get(task.remote(iterations, size))
+    one = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ray.get([task.remote(iterations, size), task.remote(iterations, size)])
+    return 2 * one / (time.perf_counter() - t0)
+
+
+def capacity(ray) -> str:
+    big, small = parallel_capacity(ray, 200), parallel_capacity(ray, 16)
+    return f"{big:.2f} CPUs (200x200 matmuls), {small:.2f} CPUs (16x16 matmuls)"
+
+
 def timed(run: ScenarioRun) -> tuple[float, dict]:
     t0 = time.perf_counter()
     results = run.run()
@@ -75,39 +108,45 @@ def main() -> None:
     args = ap.parse_args()
     from privlab.engine.ray_backend import start
 
-    start(None)
+    ray = start(None)
     warm = ScenarioRun(
         load_scenario("default", [*job_overrides("cnn-1"), 'backend="ray"', "client_tasks=true"])
     )
     timed(warm), timed(warm)  # workers import torch and privlab once, outside the timing
-    print(f"{'job':>14} {'local s':>9} {'tasks s':>9} {'tasks/local':>12} {'local/tasks':>12}")
+    print(f"parallel capacity before: {capacity(ray)}", flush=True)
+    print(
+        f"{'job':>14} {'local s':>8} {'1 task s':>9} {'2 tasks s':>10} "
+        f"{'1 task/local':>13} {'local/2 tasks':>14}"
+    )
     for job in args.jobs:
-        ov = job_overrides(job)
+        ov = [*job_overrides(job), 'backend="ray"']
         runs = {
-            "local": ScenarioRun(load_scenario("default", ov)),
-            "tasks": ScenarioRun(
-                load_scenario("default", [*ov, 'backend="ray"', "client_tasks=true"])
-            ),
+            "local": ScenarioRun(load_scenario("default", job_overrides(job))),
+            "one": ScenarioRun(load_scenario("default", [*ov, "client_tasks=1"])),
+            "two": ScenarioRun(load_scenario("default", [*ov, "client_tasks=true"])),
         }
         times: dict[str, list[float]] = {k: [] for k in runs}
         got: dict[str, dict] = {}
         for name, run in runs.items():
             got[name] = timed(run)[1]  # warm-up: lazy imports, the tasks' first shards
-        for i in range(args.repeats):  # interleaved, order rotated: load hits both alike
-            for name in list(runs) if i % 2 == 0 else list(runs)[::-1]:
+        for i in range(args.repeats):  # interleaved, order rotated: load hits all alike
+            order = list(runs)[i % 3 :] + list(runs)[: i % 3]
+            for name in order:
                 seconds, got[name] = timed(runs[name])
                 times[name].append(seconds)
-        if comparable(got["local"]) != comparable(got["tasks"]):
-            raise SystemExit(f"{job}: results differ between local and Ray client tasks")
+        for name in ("one", "two"):
+            if comparable(got["local"]) != comparable(got[name]):
+                raise SystemExit(f"{job}: results differ between local and Ray client tasks")
         med = {k: statistics.median(v) for k, v in times.items()}
-        engine = next(iter(got["tasks"]["variants"].values()))["cost"]["engine"]
+        engine = next(iter(got["two"]["variants"].values()))["cost"]["engine"]
         per_round = engine["client_tasks"]["tasks_per_round"]
         print(
-            f"{job:>14} {med['local']:>9.3f} {med['tasks']:>9.3f} "
-            f"{med['tasks'] / med['local']:>11.2f}x {med['local'] / med['tasks']:>11.2f}x  "
+            f"{job:>14} {med['local']:>8.3f} {med['one']:>9.3f} {med['two']:>10.3f} "
+            f"{med['one'] / med['local']:>12.2f}x {med['local'] / med['two']:>13.2f}x  "
             f"({engine['name']}, tasks per round {max(per_round)}, median of {args.repeats})",
             flush=True,
         )
+    print(f"parallel capacity after: {capacity(ray)}")
 
 
 if __name__ == "__main__":

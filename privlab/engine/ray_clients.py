@@ -35,6 +35,7 @@ import numpy
 import torch
 
 from privlab.engine.base import Chunk, ClientShard, Engine, State
+from privlab.errors import ScenarioError
 
 BLOCK = 64
 """Clients per object in the store (by id): a task fetches a few blocks, not one object per
@@ -145,7 +146,13 @@ class RayClientEngine(Engine):
 
         super().__init__(shards)
         self.ray = start(address)
-        self._build = self.ray.put(build)  # the model travels once, not with every task
+        try:
+            self._build = self.ray.put(build)  # the model travels once, not with every task
+        except Exception as exc:  # a plug-in model or defense that cannot be pickled
+            raise ScenarioError(
+                f"client_tasks: the clients' engine cannot be sent to Ray tasks ({exc}); "
+                "set client_tasks = false"
+            ) from None
         self.local = build(shards)  # chunking, sample counts, the accountants' totals
         cpus = int(self.ray.cluster_resources().get("CPU", 1))
         self.tasks = max(1, cpus) if tasks is True else int(tasks)
