@@ -154,3 +154,16 @@ def test_scenario_with_client_tasks_gives_local_results(local_ray) -> None:
     ).run()
     assert _without_tasks(remote) == strip_timing(local)
     assert "client_tasks" not in remote["scenario"]  # where it ran, as `backend`
+
+
+@pytest.mark.slow
+def test_default_scenario_with_dp_sgd_and_client_tasks_gives_local_results(local_ray) -> None:
+    """The bundled default scenario: DP-SGD with a target epsilon (noise calibrated in each
+    task), RMIA with reference models, a curious server watching client 0's update."""
+    overrides = ["topology.rounds=3"]
+    local = ScenarioRun(load_scenario("default", overrides)).run()
+    remote = ScenarioRun(
+        load_scenario("default", [*overrides, 'backend="ray"', "client_tasks=2"])
+    ).run()
+    assert _without_tasks(remote) == strip_timing(local)
+    assert any(v["privacy"] for v in local["variants"].values())  # DP-SGD's epsilon compared
