@@ -140,7 +140,9 @@ def run_variants(scenario: Scenario, count: int, outer: Any) -> dict[str, Any]:
     """Every variant of `scenario` as one unit of `outer`; results in the variants' order."""
     import torch
 
-    local = scenario.model_copy(update={"backend": "local", "ray_address": None, "workers": 1})
+    # The backend stays: a variant's scenario rebuilt with its `set` overrides must still pass
+    # `client_tasks`' check (Ray only); a variant itself never reads the backend.
+    local = scenario.model_copy(update={"ray_address": None, "workers": 1})
     refs = "ray" if scenario.backend == "ray" else "serial"
     args = [(local, i, torch.get_num_threads(), refs) for i in range(count)]
     return dict(outer.map(variant_task, args))

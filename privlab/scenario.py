@@ -40,6 +40,8 @@ MAX_SEED = 2**63 - 1
 """torch, numpy and JSON readers all take a signed 64-bit seed."""
 MAX_DEPTH = 64
 """Deepest nesting of tables and arrays a scenario may hold (parsers recurse per level)."""
+MAX_TASKS = 4096
+"""Most Ray tasks per round a scenario may ask for (`client_tasks`)."""
 
 
 class Strict(BaseModel):
@@ -161,6 +163,10 @@ class Scenario(Strict):
     """Where variants run: in this process, or as Ray tasks (`pip install 'privlab[ray]'`) on a
     local Ray started by privlab or the cluster at `ray_address`; results are identical."""
     ray_address: str | None = None
+    client_tasks: bool | int = False
+    """With backend = "ray", where a round's clients train: false, in the variant's process;
+    true, as Ray tasks, one per CPU of the cluster; N, as N Ray tasks per round
+    (privlab.engine.ray_clients: it pays only when a client's local training is long)."""
     workers: Annotated[int, Field(ge=1, le=256)] = 1
     """Local worker processes for variants (or, with one variant, its reference models);
     1: everything in this process. Results are identical for every count."""
@@ -187,6 +193,13 @@ class Scenario(Strict):
                 "starting with a letter, digit or '_'"
             )
         return name
+
+    @field_validator("client_tasks", mode="before")
+    @classmethod
+    def _task_count(cls, value: Any) -> bool | int:
+        if isinstance(value, bool) or (isinstance(value, int) and 1 <= value <= MAX_TASKS):
+            return value
+        raise ValueError(f"must be true, false or a number of tasks per round (1 to {MAX_TASKS})")
 
     def variant_list(self) -> list[VariantSpec]:
         return self.variants or [VariantSpec(name="baseline")]
@@ -406,6 +419,11 @@ def build_scenario(raw: dict[str, Any], base_dir: Path | None = None) -> Scenari
     except ValidationError as exc:
         raise ScenarioError(_format_validation_error(exc, Scenario)) from None
     _check_names(scenario)
+    if scenario.client_tasks and scenario.backend != "ray":
+        raise ScenarioError(
+            f"client_tasks: clients run as Ray tasks only with backend = 'ray' (got "
+            f"'{scenario.backend}'); set backend = \"ray\" or client_tasks = false"
+        )
     if base_dir is not None:
         for section, key in PATH_FIELDS:
             params = getattr(scenario, section).params
@@ -424,8 +442,8 @@ PATH_FIELDS = (("data", "path"), ("data", "root"), ("topology", "weights"), ("to
 def portable_dump(s: Scenario) -> dict[str, Any]:
     """The scenario as JSON with paths inside its folder written relative to it again, so the
     same folder run from anywhere gives the same results.json; where it ran (backend, Ray
-    address, workers) is left out, as results are identical on every backend."""
-    raw = s.model_dump(mode="json", exclude={"backend", "ray_address", "workers"})
+    address, workers, client tasks) is left out, as results are identical on every backend."""
+    raw = s.model_dump(mode="json", exclude={"backend", "ray_address", "workers", "client_tasks"})
     if s._base_dir is None:
         return raw
     base = str(s._base_dir.resolve())

@@ -264,6 +264,9 @@ RUN_CASES: list[tuple[str, Make, int, tuple[str, ...]]] = [
     ("workers-zero", lambda t: ["--workers", "0"], 2, ("--workers", "greater than or equal")),
     ("workers-text", lambda t: ["--workers", "many"], 2, ("--workers", "valid integer")),
     ("workers-field", lambda t: s("workers=0"), 2, ("workers", "greater than or equal")),
+    ("client-tasks-local", lambda t: s("client_tasks=true"), 2, ("client_tasks", "backend")),
+    ("client-tasks-zero", lambda t: s("client_tasks=0"), 2, ("client_tasks", "tasks per round")),
+    ("client-tasks-text", lambda t: s('client_tasks="all"'), 2, ("client_tasks", "true, false")),
 ]
 
 

@@ -8,7 +8,8 @@ weights back chunk by chunk, stacked [clients, ...]; it does not care how they w
 - `vectorised`: clients that share an architecture train together as batched matrix products
   over stacked parameters, unequal client sizes handled exactly by masking;
 - `ray`: variants and reference-model groups as Ray tasks (optional extra `privlab[ray]`;
-  privlab.fanout runs the same units over local worker processes without Ray).
+  privlab.fanout runs the same units over local worker processes without Ray), and with
+  `client_tasks` a round's clients too (`ray_clients`: any of the above engines, in Ray tasks).
 The vectorised engine also trains LiRA/RMIA reference models (privlab.reference_training).
 This package imports no attack or defense.
 """

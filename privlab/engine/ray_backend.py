@@ -5,9 +5,15 @@ A variant task rebuilds its variant from the scenario (data, partition, defenses
 runs it exactly as the local backend does, sending its reference models (LiRA, RMIA) out as
 Ray tasks of GROUP_SIZE models each (privlab.fanout); every unit seeds itself, so results are
 identical to a local run (tests/test_ray_backend.py). Clients' local training stays inside the
-variant: a round's clients are one batched computation (the vectorised engine) or a loop over
-milliseconds-long steps, far cheaper than a task's overhead and its round trip of the global
-model. Nothing here is imported unless `backend = "ray"`.
+variant unless the scenario sets `client_tasks` (privlab.engine.ray_clients): then each round's
+clients go out as one Ray task per cluster CPU (or N), with bitwise the same results. Off by
+default because a task costs milliseconds (its round trip of the global model, the clients'
+generator states and their trained weights) while the default jobs' rounds are one batched
+computation of milliseconds: measured on this machine (2 CPUs, benchmarks/bench_ray_clients.py)
+the default FedAvg job runs at 0.28-0.40x the local speed with client tasks at 100 clients and
+0.56-0.82x at 1,000; a CNN job with seconds of local training a round runs at 0.93-1.41x with
+two tasks, bounded by the one to two CPUs the shared machine gave two processes (rule of thumb
+in ray_clients). Nothing here is imported unless `backend = "ray"`.
 """
 
 from __future__ import annotations

@@ -99,6 +99,24 @@ class DefenseStack:
         return out + self.other
 
 
+@dataclass(frozen=True)
+class DefenseTrainers:
+    """Per-client trainers of a local-training defense (DP-SGD), each on its own model copy."""
+
+    defense: LocalTrainingDefense
+    model: torch.nn.Module
+    settings: TrainSettings
+    planned_epochs: int
+
+    def __call__(self, s: ClientShard) -> LocalTrainer:
+        import copy
+
+        model = copy.deepcopy(self.model)
+        return self.defense.make_trainer(
+            model, s.x, s.y, self.settings, s.generator, planned_epochs=self.planned_epochs
+        )
+
+
 @dataclass
 class RoundRecord:
     round: int
@@ -204,9 +222,21 @@ class Topology(ABC):
         return defense.make_trainer(model, x, y, self.settings, gen, planned_epochs=planned)
 
     def make_engine(self, shards: list[ClientShard]) -> Engine:
+        """The engine `engine_builder` builds; its clients as Ray tasks with `client_tasks`."""
+        scenario = self.ctx.scenario
+        if scenario.client_tasks:
+            from privlab.engine.ray_clients import RayClientEngine
+
+            return RayClientEngine(
+                shards, self.engine_builder(), scenario.client_tasks, scenario.ray_address
+            )
+        return self.engine_builder()(shards)
+
+    def engine_builder(self) -> Callable[[list[ClientShard]], Engine]:
         """Vectorised where the model allows and no local-training defense keeps per-client
-        state; else the sequential reference (forced by the scenario's `engine`)."""
-        import copy
+        state; else the sequential reference (forced by the scenario's `engine`). A plain
+        picklable callable, so Ray tasks can build the same engine for their clients."""
+        import functools
 
         from privlab.engine.sequential import SequentialEngine
         from privlab.engine.vectorised import VectorisedEngine
@@ -215,17 +245,13 @@ class Topology(ABC):
         defense = ctx.defenses.local_training
         if defense is not None:
             planned = self.spec.rounds * self.spec.local_epochs
-
-            def factory(s: ClientShard) -> LocalTrainer:
-                model = copy.deepcopy(ctx.model)
-                return defense.make_trainer(
-                    model, s.x, s.y, self.settings, s.generator, planned_epochs=planned
-                )
-
-            return SequentialEngine(shards, ctx.model, self.settings, factory)
+            factory = DefenseTrainers(defense, ctx.model, self.settings, planned)
+            return functools.partial(
+                SequentialEngine, model=ctx.model, settings=self.settings, trainer_factory=factory
+            )
         if ctx.scenario.engine == "auto" and VectorisedEngine.supports(ctx.model):
-            return VectorisedEngine(shards, ctx.model, self.settings)
-        return SequentialEngine(shards, ctx.model, self.settings)
+            return functools.partial(VectorisedEngine, model=ctx.model, settings=self.settings)
+        return functools.partial(SequentialEngine, model=ctx.model, settings=self.settings)
 
     def record(self, round_: int, model: torch.nn.Module, participants: int) -> RoundRecord:
         acc, loss = evaluate(model, self.ctx.x_test, self.ctx.y_test)
