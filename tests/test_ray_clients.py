@@ -86,7 +86,7 @@ def test_vectorised_clients_as_ray_tasks_are_bitwise_local(local_ray, sums: bool
     sizes = [3 + (7 * k) % 11 for k in range(150)]
     settings = TrainSettings(batch_size=4, lr=0.1, local_epochs=2, momentum=0.9)
     model = _model()
-    build = functools.partial(VectorisedEngine, model=model, settings=settings)
+    build = functools.partial(VectorisedEngine, model=model, settings=settings, chunk_size=64)
     shards_l, shards_r = _shards(sizes), _shards(sizes)
     local = build(shards_l)
     remote = RayClientEngine(shards_r, build, True, None)
