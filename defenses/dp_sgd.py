@@ -27,7 +27,10 @@ from torch.nn import functional as F
 from privlab.defenses import dp_fast
 from privlab.defenses.base import LocalTrainingDefense
 from privlab.defenses.dp_calibration import calibrate_noise, steps_of
+from privlab.engine.sgd import sgd_update
+from privlab.engine.vectorised import linear_stack
 from privlab.errors import ScenarioError
+from privlab.stacked_dp import poisson_mask, private_step
 from privlab.training import LocalTrainer, TrainSettings
 
 Accountant = Literal["rdp", "prv", "gdp"]
@@ -138,7 +141,7 @@ class _Accounted:
     def _poisson_batches(self) -> list[torch.Tensor]:
         """Poisson sampling: each record joins each batch independently with rate q."""
         steps = self.settings.steps_per_epoch(self.num_samples)
-        mask = torch.rand(steps, self.num_samples, generator=self.generator) < self.sample_rate
+        mask = poisson_mask(steps, self.num_samples, self.sample_rate, self.generator)
         return [row.nonzero().flatten() for row in mask]
 
     def privacy(self) -> dict[str, Any]:
@@ -162,7 +165,14 @@ class _Accounted:
 
 
 class FastDPSGDTrainer(_Accounted, LocalTrainer):
-    """DP-SGD steps by book-keeping clipping (dp_fast) and a torch.optim-free SGD update."""
+    """DP-SGD steps without per-sample gradients and without torch.optim.
+
+    A Linear stack (privlab.engine.vectorised.linear_stack: the built-in MLP and logistic
+    regression) takes the written-out step of privlab.stacked_dp (forward, backward, ghost
+    norms, clipped sums added onto the drawn noise, in reused buffers; one "stacked" model);
+    other models dp_fast.supports takes autograd's backward to the layer outputs
+    (dp_fast.dp_gradient). Both are Opacus' step for the same generator state; the update is
+    privlab.engine.sgd's (torch.optim.SGD's arithmetic)."""
 
     path = "book-keeping"
 
@@ -179,8 +189,8 @@ class FastDPSGDTrainer(_Accounted, LocalTrainer):
     ) -> None:
         from opacus.accountants import create_accountant
 
-        # LocalTrainer.__init__ is not called: it builds a torch.optim optimiser, whose first
-        # construction imports torch._dynamo; PlainSGD applies the same update.
+        # LocalTrainer.__init__ is not called: nothing here builds a torch.optim optimiser,
+        # whose first construction imports torch._dynamo (over a second).
         self.model = model
         self.x, self.y = x, y
         self.settings = settings
@@ -189,28 +199,61 @@ class FastDPSGDTrainer(_Accounted, LocalTrainer):
         self.noise_multiplier = noise
         self.sample_rate = 1.0 / settings.steps_per_epoch(len(y))
         self.expected_batch_size = max(1, round(self.sample_rate * len(y)))
-        self.optimizer = dp_fast.PlainSGD(
-            dp_fast.dp_parameters(model),  # type: ignore[arg-type]
-            lr=settings.lr,
-            momentum=settings.momentum,
-            weight_decay=settings.weight_decay,
-        )
         self.accountant = create_accountant(params.accountant)
+        self._optimizer = None
+        self._buffers: list[torch.Tensor | None] = []
+        self.arch = linear_stack(model)
+        named = dict(model.named_parameters())
+        if self.arch is None:
+            self._params = dp_fast.dp_parameters(model)  # type: ignore[arg-type]
+        else:  # [1, ...] views of the model's parameters: the step updates them in place
+            self._stacked = {k: named[k].detach().unsqueeze(0) for k in self.arch.keys}
+            self._noise = {k: torch.empty_like(v) for k, v in self._stacked.items()}
+            self._params = list(self._stacked.values())
 
     def _batches(self) -> list[torch.Tensor]:
         return self._poisson_batches()
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
-        grads, loss = dp_fast.dp_gradient(
-            self.model,
-            xb,
-            yb,
-            max_grad_norm=self.params.max_grad_norm,
-            noise_multiplier=self.noise_multiplier,
-            expected_batch_size=self.expected_batch_size,
-            generator=self.generator,
+        p, std = self.params, self.noise_multiplier * self.params.max_grad_norm
+        if self.arch is None:
+            grads, loss = dp_fast.dp_gradient(
+                self.model,  # type: ignore[arg-type]
+                xb,
+                yb,
+                max_grad_norm=p.max_grad_norm,
+                noise_multiplier=self.noise_multiplier,
+                expected_batch_size=self.expected_batch_size,
+                generator=self.generator,
+            )
+        else:
+            private, losses = private_step(
+                self.arch.ops,
+                self._stacked,
+                self._noise,
+                xb.unsqueeze(0),
+                yb.unsqueeze(0),
+                None,
+                max_grad_norm=p.max_grad_norm,
+                stds=(std,),
+                generators=(self.generator,),
+                expected_batch_size=self.expected_batch_size,
+                losses=True,
+            )
+            grads = list(private.values())
+            assert losses is not None
+            loss = float(losses.sum()) / len(yb) if len(yb) else 0.0
+        if not self._buffers:
+            self._buffers = [None] * len(self._params)
+        s = self.settings
+        sgd_update(
+            self._params,
+            grads,
+            self._buffers,
+            lr=s.lr,
+            momentum=s.momentum,
+            weight_decay=s.weight_decay,
         )
-        self.optimizer.step(grads)
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         return loss
 
