@@ -237,7 +237,7 @@ class FastDPSGDTrainer(_Accounted, LocalTrainer):
                 max_grad_norm=p.max_grad_norm,
                 stds=(std,),
                 generators=(self.generator,),
-                expected_batch_size=self.expected_batch_size,
+                expected_batch_size=(self.expected_batch_size,),
                 losses=True,
             )
             grads = list(private.values())

@@ -100,7 +100,7 @@ def clipped_sums(
     params: Tensors,
     x: torch.Tensor,
     y: torch.Tensor,
-    weight: torch.Tensor | None,
+    weight: torch.Tensor | float | None,
     max_grad_norm: float,
     *,
     out: Tensors | None = None,
@@ -114,8 +114,8 @@ def clipped_sums(
     input, so its squared norm is |dz|^2 |h|^2 (plus |dz|^2 for the bias; Goodfellow 2015's
     trick, ghost / book-keeping clipping in Li et al. 2022 and Bu et al. 2023) and the clipped
     sum is one batched product (dz * factor)^T h: no per-record gradient is ever built. The
-    factor is Opacus' min(1, C / (norm + 1e-6)), times `weight` [M, B] (0 on padding; None:
-    every row is real). With `out` the sums are added into it (onto drawn noise, say).
+    factor is Opacus' min(1, C / (norm + 1e-6)), times `weight` ([M, B]: 0 on padding; a
+    float; None: 1). With `out` the sums are added into it (onto drawn noise, say).
     Returns the sums in the parameters' order and, with `losses`, each record's
     cross-entropy [M, B]."""
     m, b = y.shape
@@ -145,9 +145,10 @@ def clipped_sums(
             if i > 0:
                 dz = torch.bmm(dz, params[f"{name}.weight"])
         sq: torch.Tensor | None = None
-        for d, a in layers.values():
-            term = torch.linalg.vecdot(d, d).mul_(torch.linalg.vecdot(a, a).add_(1.0))
-            sq = term if sq is None else sq.add_(term)
+        for d, a in layers.values():  # |dz|^2 (|h|^2 + 1), summed over the layers
+            h_sq = torch.linalg.vecdot(a, a).add_(1.0)
+            d_sq = torch.linalg.vecdot(d, d)
+            sq = d_sq.mul_(h_sq) if sq is None else sq.addcmul_(d_sq, h_sq)
         assert sq is not None
         factor = _clip_factor(sq, weight, max_grad_norm).unsqueeze(2)
         scaled = {name: d * factor for name, (d, _) in layers.items()}
@@ -164,10 +165,10 @@ def clipped_sums(
 
 
 def _clip_factor(
-    sq: torch.Tensor, weight: torch.Tensor | None, max_grad_norm: float
+    sq: torch.Tensor, weight: torch.Tensor | float | None, max_grad_norm: float
 ) -> torch.Tensor:
     """Opacus' per-record clip factor min(1, C / (norm + 1e-6)), times the record's weight."""
-    factor = (max_grad_norm / (sq.sqrt() + OPACUS_NORM_EPS)).clamp_(max=1.0)
+    factor = (max_grad_norm / (sq.sqrt_() + OPACUS_NORM_EPS)).clamp_(max=1.0)
     return factor if weight is None else factor.mul_(weight)
 
 
@@ -219,26 +220,27 @@ def private_step(
     max_grad_norm: float,
     stds: Sequence[float],
     generators: Sequence[torch.Generator],
-    expected_batch_size: torch.Tensor | float,
+    expected_batch_size: Sequence[int],
     losses: bool = False,
 ) -> tuple[Tensors, torch.Tensor | None]:
     """One DP-SGD gradient (Abadi et al. 2016, as Opacus' DPOptimizer computes it) for each of
-    M stacked Linear-stack models, each with its own generator: (sum_i clip(grad_i) +
-    N(0, std_m^2)) / expected batch size, written into the reusable `noise` buffers (stacked
-    like `params`, at least M rows) and returned. Model m's noise is drawn first, per
-    parameter in order with torch.normal from generators[m] (`draw_noise`), and the clipped
-    sum is added onto it; both only ever touch their own generator, so the draws are those
-    Opacus makes for that model alone. `expected_batch_size`: a float, or one per model [M]."""
+    M stacked Linear-stack models, each with its own generator and expected batch size E_m:
+    (sum_i clip(grad_i) + N(0, std_m^2)) / E_m, written into the reusable `noise` buffers
+    (stacked like `params`, at least M rows) and returned. `weight` [M, B]: 1 on real rows, 0
+    on padding (None: all real). Model m's noise is drawn first, per parameter in order with
+    torch.normal from generators[m] (`draw_noise`), and the clipped sum is added onto it: the
+    draws are those Opacus makes for that model alone. The division by E_m is folded into the
+    noise's standard deviation and the clip factors (equal to dividing the sum, to rounding)."""
     m = y.shape[0]
     rows = {k: v[:m] for k, v in noise.items()}
-    draw_noise(rows, stds, generators)
-    grads, loss = clipped_sums(ops, params, x, y, weight, max_grad_norm, out=rows, losses=losses)
-    for g in grads.values():
-        if isinstance(expected_batch_size, torch.Tensor):
-            g.div_(expected_batch_size.view(-1, *[1] * (g.dim() - 1)))
-        else:
-            g.div_(expected_batch_size)
-    return grads, loss
+    draw_noise(rows, [s / e for s, e in zip(stds, expected_batch_size, strict=True)], generators)
+    if m == 1:
+        scale: torch.Tensor | float = 1.0 / expected_batch_size[0]
+        scale = scale if weight is None else weight * scale
+    else:
+        inv = torch.tensor([1.0 / e for e in expected_batch_size], dtype=x.dtype).unsqueeze(1)
+        scale = inv if weight is None else weight * inv
+    return clipped_sums(ops, params, x, y, scale, max_grad_norm, out=rows, losses=losses)
 
 
 def draw_noise(out: Tensors, stds: Sequence[float], generators: Sequence[torch.Generator]) -> None:

@@ -154,7 +154,7 @@ def test_written_out_stacked_steps_equal_opacus_per_model(
         grads, _ = private_step(
             arch.ops, stacked, noise_buf, x[idx], y[idx], weight, max_grad_norm=clip,
             stds=[n * clip for n in noise], generators=gens,
-            expected_batch_size=torch.tensor(ebs, dtype=torch.float32),
+            expected_batch_size=ebs,
         )  # fmt: skip
         sgd_update(list(stacked.values()), list(grads.values()), bufs, lr=0.1,
                    momentum=momentum, weight_decay=weight_decay)  # fmt: skip
