@@ -18,7 +18,7 @@ accounting is the same whichever path ran; `privacy.path` says which. Epsilon is
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,6 +32,9 @@ from privlab.engine.vectorised import linear_stack
 from privlab.errors import ScenarioError
 from privlab.stacked_dp import poisson_mask, private_step
 from privlab.training import LocalTrainer, TrainSettings
+
+if TYPE_CHECKING:
+    from privlab.engine.base import ClientShard, Engine
 
 Accountant = Literal["rdp", "prv", "gdp"]
 
@@ -85,6 +88,19 @@ class DPSGD(LocalTrainingDefense):
                 f"steps ({exc}); raise it or train for fewer epochs"
             ) from None
 
+    def _plan(self, n: int, settings: TrainSettings, planned_epochs: int) -> tuple[float, int]:
+        """(noise multiplier, calibrated steps) of a party holding n records."""
+        per_epoch = settings.steps_per_epoch(n)
+        steps = steps_of(planned_epochs, per_epoch)
+        return self.noise_for(1.0 / per_epoch, steps), steps
+
+    def _fast(self, model: torch.nn.Module) -> bool:
+        return (
+            self.params.path == "auto"
+            and (self.topology is None or self.topology in self.FAST_TOPOLOGIES)
+            and dp_fast.supports(model)
+        )
+
     def make_trainer(
         self,
         model: torch.nn.Module,
@@ -95,18 +111,34 @@ class DPSGD(LocalTrainingDefense):
         *,
         planned_epochs: int,
     ) -> LocalTrainer:
-        per_epoch = settings.steps_per_epoch(len(y))
-        steps = steps_of(planned_epochs, per_epoch)
-        noise = self.noise_for(1.0 / per_epoch, steps)
-        fast = (
-            self.params.path == "auto"
-            and (self.topology is None or self.topology in self.FAST_TOPOLOGIES)
-            and dp_fast.supports(model)
-        )
-        cls = FastDPSGDTrainer if fast else DPSGDTrainer
+        noise, steps = self._plan(len(y), settings, planned_epochs)
+        cls = FastDPSGDTrainer if self._fast(model) else DPSGDTrainer
         trainer = cls(model, x, y, settings, generator, params=self.params, noise=noise)
         trainer.planned_steps = steps
         return trainer
+
+    def make_engine(
+        self,
+        shards: list[ClientShard],
+        model: torch.nn.Module,
+        settings: TrainSettings,
+        *,
+        planned_epochs: int,
+    ) -> Engine | None:
+        """The vectorised DP-SGD engine (privlab.engine.vectorised_dp) where every client's
+        trainer would take the written-out fast path (a Linear stack); None otherwise. Each
+        client keeps its own `ClientAccount`: the accountant its FastDPSGDTrainer would keep."""
+        from privlab.engine.vectorised_dp import VectorisedDPEngine
+
+        if not self._fast(model) or linear_stack(model) is None:
+            return None
+        accounts = []
+        for s in shards:
+            noise, steps = self._plan(s.num_samples, settings, planned_epochs)
+            accounts.append(ClientAccount(s.num_samples, settings, self.params, noise, steps))
+        return VectorisedDPEngine(
+            shards, model, settings, accounts, max_grad_norm=self.params.max_grad_norm
+        )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -144,6 +176,10 @@ class _Accounted:
         mask = poisson_mask(steps, self.num_samples, self.sample_rate, self.generator)
         return [row.nonzero().flatten() for row in mask]
 
+    def _account_step(self) -> None:
+        """One DP-SGD step taken: (noise multiplier, sample rate) into the accountant."""
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+
     def privacy(self) -> dict[str, Any]:
         steps = sum(n for _, _, n in self.accountant.history)
         history = tuple((float(s), float(q), int(n)) for s, q, n in self.accountant.history)
@@ -162,6 +198,31 @@ class _Accounted:
         if self.planned_steps is not None:
             out["calibrated_steps"] = self.planned_steps
         return out
+
+
+class ClientAccount(_Accounted):
+    """A party's DP-SGD parameters and accountant without a trainer: what the vectorised DP
+    engine steps for each client (privlab.engine.vectorised_dp.DPClient), set up exactly as
+    that party's FastDPSGDTrainer would be."""
+
+    path = "book-keeping"
+
+    def __init__(
+        self, n: int, settings: TrainSettings, params: DPSGDParams, noise: float, steps: int
+    ) -> None:
+        from opacus.accountants import create_accountant
+
+        self.params = params
+        self.noise_multiplier = noise
+        self.num_samples = n
+        self.settings = settings
+        self.sample_rate = 1.0 / settings.steps_per_epoch(n)
+        self.expected_batch_size = max(1, round(self.sample_rate * n))
+        self.accountant = create_accountant(params.accountant)
+        self.planned_steps = steps
+
+    def step(self) -> None:
+        self._account_step()
 
 
 class FastDPSGDTrainer(_Accounted, LocalTrainer):
@@ -254,7 +315,7 @@ class FastDPSGDTrainer(_Accounted, LocalTrainer):
             momentum=s.momentum,
             weight_decay=s.weight_decay,
         )
-        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        self._account_step()
         return loss
 
 

@@ -119,7 +119,7 @@ def clipped_sums(
     Returns the sums in the parameters' order and, with `losses`, each record's
     cross-entropy [M, B]."""
     m, b = y.shape
-    h = x.reshape(m, b, -1)
+    h = x.flatten(2) if x.dim() > 3 else x  # [M, B, features], also for an empty batch
     inputs: dict[int, torch.Tensor] = {}
     outputs: dict[int, torch.Tensor] = {}
     with torch.no_grad():
@@ -132,7 +132,7 @@ def clipped_sums(
                 h = outputs[i] = _ACT[name](h)
         loss = None
         if losses:
-            loss = F.cross_entropy(h.view(m * b, -1), y.reshape(-1), reduction="none").view(m, b)
+            loss = F.cross_entropy(h.flatten(0, 1), y.reshape(-1), reduction="none").view(m, b)
         dz = torch.softmax(h, dim=2)  # minus the one-hot: the gradient of one record's loss
         dz.scatter_add_(2, y.unsqueeze(2), dz.new_full((1, 1, 1), -1.0).expand(m, b, 1))
         layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -220,26 +220,34 @@ def private_step(
     max_grad_norm: float,
     stds: Sequence[float],
     generators: Sequence[torch.Generator],
-    expected_batch_size: Sequence[int],
+    expected_batch_size: Sequence[int] | torch.Tensor,
     losses: bool = False,
 ) -> tuple[Tensors, torch.Tensor | None]:
     """One DP-SGD gradient (Abadi et al. 2016, as Opacus' DPOptimizer computes it) for each of
     M stacked Linear-stack models, each with its own generator and expected batch size E_m:
     (sum_i clip(grad_i) + N(0, std_m^2)) / E_m, written into the reusable `noise` buffers
     (stacked like `params`, at least M rows) and returned. `weight` [M, B]: 1 on real rows, 0
-    on padding (None: all real). Model m's noise is drawn first, per parameter in order with
-    torch.normal from generators[m] (`draw_noise`), and the clipped sum is added onto it: the
-    draws are those Opacus makes for that model alone. The division by E_m is folded into the
-    noise's standard deviation and the clip factors (equal to dividing the sum, to rounding)."""
+    on padding (None: all real; overwritten). Model m's noise is drawn first, per parameter in
+    order with torch.normal from generators[m] (`draw_noise`), and the clipped sum is added
+    onto it: the draws are those Opacus makes for that model alone. The division by E_m is
+    folded into the noise's standard deviation and the clip factors (equal to dividing the
+    sum, to rounding). `expected_batch_size`: E per model, a sequence or a tensor [M]."""
     m = y.shape[0]
     rows = {k: v[:m] for k, v in noise.items()}
-    draw_noise(rows, [s / e for s, e in zip(stds, expected_batch_size, strict=True)], generators)
+    sizes = (
+        expected_batch_size.tolist()
+        if isinstance(expected_batch_size, torch.Tensor)
+        else expected_batch_size
+    )
+    draw_noise(rows, [s / e for s, e in zip(stds, sizes, strict=True)], generators)
     if m == 1:
-        scale: torch.Tensor | float = 1.0 / expected_batch_size[0]
+        scale: torch.Tensor | float = 1.0 / sizes[0]
         scale = scale if weight is None else weight * scale
     else:
-        inv = torch.tensor([1.0 / e for e in expected_batch_size], dtype=x.dtype).unsqueeze(1)
-        scale = inv if weight is None else weight * inv
+        if not isinstance(expected_batch_size, torch.Tensor):
+            expected_batch_size = torch.tensor(expected_batch_size, dtype=x.dtype)
+        inv = expected_batch_size.reciprocal().unsqueeze(1)
+        scale = inv if weight is None else weight.mul_(inv)
     return clipped_sums(ops, params, x, y, scale, max_grad_norm, out=rows, losses=losses)
 
 

@@ -204,8 +204,9 @@ class Topology(ABC):
         return defense.make_trainer(model, x, y, self.settings, gen, planned_epochs=planned)
 
     def make_engine(self, shards: list[ClientShard]) -> Engine:
-        """Vectorised where the model allows and no local-training defense keeps per-client
-        state; else the sequential reference (forced by the scenario's `engine`)."""
+        """Vectorised where the model allows (under a local-training defense: the engine the
+        defense offers, e.g. DP-SGD's); else the sequential reference (forced by the scenario's
+        `engine`)."""
         import copy
 
         from privlab.engine.sequential import SequentialEngine
@@ -215,6 +216,12 @@ class Topology(ABC):
         defense = ctx.defenses.local_training
         if defense is not None:
             planned = self.spec.rounds * self.spec.local_epochs
+            if ctx.scenario.engine == "auto":
+                engine = defense.make_engine(
+                    shards, ctx.model, self.settings, planned_epochs=planned
+                )
+                if engine is not None:
+                    return engine
 
             def factory(s: ClientShard) -> LocalTrainer:
                 model = copy.deepcopy(ctx.model)
