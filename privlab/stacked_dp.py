@@ -227,7 +227,7 @@ def private_step(
     M stacked Linear-stack models, each with its own generator and expected batch size E_m:
     (sum_i clip(grad_i) + N(0, std_m^2)) / E_m, written into the reusable `noise` buffers
     (stacked like `params`, at least M rows) and returned. `weight` [M, B]: 1 on real rows, 0
-    on padding (None: all real; overwritten). Model m's noise is drawn first, per parameter in
+    on padding (None: all real). Model m's noise is drawn first, per parameter in
     order with torch.normal from generators[m] (`draw_noise`), and the clipped sum is added
     onto it: the draws are those Opacus makes for that model alone. The division by E_m is
     folded into the noise's standard deviation and the clip factors (equal to dividing the
@@ -247,7 +247,7 @@ def private_step(
         if not isinstance(expected_batch_size, torch.Tensor):
             expected_batch_size = torch.tensor(expected_batch_size, dtype=x.dtype)
         inv = expected_batch_size.reciprocal().unsqueeze(1)
-        scale = inv if weight is None else weight.mul_(inv)
+        scale = inv if weight is None else weight * inv
     return clipped_sums(ops, params, x, y, scale, max_grad_norm, out=rows, losses=losses)
 
 

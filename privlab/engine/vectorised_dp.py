@@ -32,7 +32,7 @@ from torch import nn
 from privlab.engine.base import Chunk, ClientShard, Engine, State, floating_keys
 from privlab.engine.sgd import proximal_update, sgd_update
 from privlab.engine.vectorised import linear_stack
-from privlab.stacked_dp import pack_batches, poisson_mask, private_step
+from privlab.stacked_dp import poisson_batches, private_step
 from privlab.training import TrainSettings
 
 
@@ -122,24 +122,14 @@ class VectorisedDPEngine(Engine):
         noise = {k: torch.empty_like(v) for k, v in params.items()}
         anchor = [start[k].detach().unsqueeze(0) for k in self.arch.keys]
         buffers: list[torch.Tensor | None] = []
-        members = torch.arange(m * n1).view(m, n1)
-        masks = torch.zeros(m, max(per_epoch), n1, dtype=torch.bool)
-        local = torch.tensor(per_epoch)
-        in_step = len(set(per_epoch)) == 1  # clients' epochs aligned: a step is one view
+        batches = _EpochBatches(per_epoch, sizes, n1)
         expected_t = torch.tensor(expected, dtype=x.dtype)
         for t in range(max(total)):
             mt = sum(1 for steps in total if steps > t)
             for i in range(mt):  # client i's epoch starts: its Poisson masks, then its noise
                 if t % per_epoch[i] == 0:
-                    q = clients[i].sample_rate
-                    masks[i, : per_epoch[i], : sizes[i]] = poisson_mask(
-                        per_epoch[i], sizes[i], q, gens[i]
-                    )
-            if in_step:
-                chosen = masks[:mt, t % per_epoch[0]]
-            else:
-                chosen = masks[torch.arange(mt), t % local[:mt]]
-            idx, weight = pack_batches(members[:mt], chosen)
+                    batches.draw(i, clients[i].sample_rate, gens[i])
+            idx, weight = batches.step(t, mt)
             live = {k: v[:mt] for k, v in params.items()}
             grads, _ = private_step(
                 self.arch.ops,
@@ -171,6 +161,49 @@ class VectorisedDPEngine(Engine):
         for k in floating_keys(start):  # tensors that training does not change
             out.setdefault(k, _tile(start[k], m))
         return out
+
+
+class _EpochBatches:
+    """A chunk's Poisson batches, a client's whole epoch at a time: drawn from its generator
+    when its epoch starts (`poisson_batches` over its records: the masks its trainer draws),
+    packed chosen-first with zero-weight padding, so a step's batch is a slice. Rows index
+    the chunk's padded record layout (client i's record j at i * n1 + j)."""
+
+    def __init__(self, per_epoch: list[int], sizes: list[int], n1: int) -> None:
+        self.per_epoch, self.sizes, self.n1 = per_epoch, sizes, n1
+        self.aligned = len(set(per_epoch)) == 1  # every client's epochs start together
+        self.local = torch.tensor(per_epoch)
+        m, longest = len(sizes), max(per_epoch)
+        self.rows = torch.zeros(m, longest, 0, dtype=torch.long)
+        self.weight = torch.zeros(m, longest, 0)
+        self.count = torch.zeros(m, longest)
+
+    def draw(self, i: int, sample_rate: float, generator: torch.Generator) -> None:
+        steps, n = self.per_epoch[i], self.sizes[i]
+        members = (torch.arange(n) + i * self.n1).expand(steps, n)
+        idx, weight = poisson_batches(members, sample_rate, generator)
+        width = idx.shape[1]
+        if width > self.rows.shape[2]:  # widen every client's table (padding: weight 0)
+            grow = width - self.rows.shape[2]
+            self.rows = torch.nn.functional.pad(self.rows, (0, grow))
+            self.weight = torch.nn.functional.pad(self.weight, (0, grow))
+        self.rows[i, :steps] = i * self.n1
+        self.rows[i, :steps, :width] = idx
+        self.weight[i, :steps] = 0.0
+        self.weight[i, :steps, :width] = weight
+        self.count[i, :steps] = weight.sum(1)
+
+    def step(self, t: int, mt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step t's batches of the first mt clients: (rows [mt, B], weight [mt, B])."""
+        if self.aligned:
+            at = t % self.per_epoch[0]
+            rows, weight, count = self.rows[:mt, at], self.weight[:mt, at], self.count[:mt, at]
+        else:
+            lanes, at = torch.arange(mt), t % self.local[:mt]
+            rows, weight = self.rows[lanes, at], self.weight[lanes, at]
+            count = self.count[lanes, at]
+        width = max(1, int(count.max()))
+        return rows[:, :width], weight[:, :width]
 
 
 def _tile(t: torch.Tensor, m: int) -> torch.Tensor:
