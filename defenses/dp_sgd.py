@@ -303,7 +303,7 @@ class FastDPSGDTrainer(_Accounted, LocalTrainer):
             )
             grads = list(private.values())
             assert losses is not None
-            loss = float(losses.sum()) / len(yb) if len(yb) else 0.0
+            loss = float(losses) / len(yb) if len(yb) else 0.0
         if not self._buffers:
             self._buffers = [None] * len(self._params)
         s = self.settings

@@ -16,6 +16,7 @@ DP engine (privlab.engine.vectorised_dp: many clients stacked), tests/test_dp_fa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -116,8 +117,8 @@ def clipped_sums(
     sum is one batched product (dz * factor)^T h: no per-record gradient is ever built. The
     factor is Opacus' min(1, C / (norm + 1e-6)), times `weight` ([M, B]: 0 on padding; a
     float; None: 1). With `out` the sums are added into it (onto drawn noise, say).
-    Returns the sums in the parameters' order and, with `losses`, each record's
-    cross-entropy [M, B]."""
+    Returns the sums in the parameters' order and, with `losses`, each model's summed
+    cross-entropy over its rows [M] (padding included: ask only without padding)."""
     m, b = y.shape
     h = x.flatten(2) if x.dim() > 3 else x  # [M, B, features], also for an empty batch
     inputs: dict[int, torch.Tensor] = {}
@@ -132,9 +133,13 @@ def clipped_sums(
                 h = outputs[i] = _ACT[name](h)
         loss = None
         if losses:
-            loss = F.cross_entropy(h.flatten(0, 1), y.reshape(-1), reduction="none").view(m, b)
+            flat, labels = h.flatten(0, 1), y.reshape(-1)
+            if m == 1:
+                loss = F.cross_entropy(flat, labels, reduction="sum").view(1)
+            else:
+                loss = F.cross_entropy(flat, labels, reduction="none").view(m, b).sum(1)
         dz = torch.softmax(h, dim=2)  # minus the one-hot: the gradient of one record's loss
-        dz.scatter_add_(2, y.unsqueeze(2), dz.new_full((1, 1, 1), -1.0).expand(m, b, 1))
+        dz.scatter_add_(2, y.unsqueeze(2), _minus_one(dz.dtype).expand(m, b, 1))
         layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for i in reversed(range(len(ops))):
             kind, name = ops[i]
@@ -162,6 +167,11 @@ def clipped_sums(
             else:
                 summed[key] = d.sum(1) if out is None else out[key].add_(d.sum(1))
     return summed, loss
+
+
+@functools.cache
+def _minus_one(dtype: torch.dtype) -> torch.Tensor:
+    return torch.full((1, 1, 1), -1.0, dtype=dtype)
 
 
 def _clip_factor(

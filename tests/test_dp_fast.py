@@ -187,23 +187,24 @@ def test_noise_is_drawn_as_opacus_draws_it() -> None:
 
 
 def test_whole_trainer_matches_the_opacus_trainer() -> None:
-    """Same seed, same Poisson batches, same noise: the two trainers end at the same weights
-    and the same privacy record except for the path that ran."""
+    """Same seed, same Poisson batches, same noise: the two trainers end at the same weights,
+    the same mean loss and the same privacy record except for the path that ran."""
     x, y = _batch(60, seed=4)
     settings = TrainSettings(batch_size=8, lr=0.05, local_epochs=2, momentum=0.5)
-    out = {}
+    out, losses = {}, {}
     for path in ("auto", "opacus"):
         spec = ComponentSpec(name="dp_sgd", params={"noise_multiplier": 0.8, "path": path})
         t = DPSGD(spec, "defenses.0").make_trainer(
             _mlp(), x, y, settings, seeded_generator(0, 1, 7), planned_epochs=2
         )
-        t.train(t.state())
+        losses[path] = t.train(t.state()).mean_loss
         out[path] = (t.state(), t.privacy())
         if path == "auto":
             assert t.arch is not None  # the written-out step (privlab.stacked_dp)
     assert out["auto"][1].pop("path") == "book-keeping"
     assert out["opacus"][1].pop("path") == "opacus"
     assert out["auto"][1] == out["opacus"][1]
+    assert losses["auto"] == pytest.approx(losses["opacus"], rel=1e-5)
     for k, v in out["opacus"][0].items():
         assert torch.allclose(out["auto"][0][k], v, rtol=1e-4, atol=1e-5), k
 
