@@ -23,6 +23,7 @@ sequential engine's with FastDPSGDTrainers to floating-point rounding
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -101,7 +102,7 @@ class VectorisedDPEngine(Engine):
         sizes = [self.num_samples(k) for k in chunk]
         n1 = max(sizes)
         first = self.shards[chunk[0]].x
-        x = first.new_zeros(len(chunk) * n1, first[0].numel())
+        x = first.new_zeros(len(chunk) * n1, math.prod(first.shape[1:]))
         y = self.shards[chunk[0]].y.new_zeros(len(chunk) * n1)
         for i, (k, n) in enumerate(zip(chunk, sizes, strict=True)):
             x[i * n1 : i * n1 + n] = self.shards[k].x.reshape(n, -1)
