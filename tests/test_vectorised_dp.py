@@ -98,6 +98,8 @@ def test_vectorised_dp_equals_sequential_fast_trainers(
                 assert torch.allclose(ours[k][key], v, rtol=1e-4, atol=1e-6), (k, key)
         assert any(not torch.allclose(ours[k][key], start[key]) for key in start)
         start = {key: v + 0.01 for key, v in ref[ids[0]].items()}
+    for k in range(len(SIZES)):  # the same Opacus accountant history, step for step
+        assert vec.clients[k].accountant.history == seq.trainer(k).accountant.history
     assert vec.privacy() == seq.privacy()
     spent = vec.privacy()
     assert spent["0"]["steps"] == 2 * settings.local_epochs * settings.steps_per_epoch(23)
@@ -162,13 +164,13 @@ def test_the_defense_offers_the_engine_only_where_the_fast_path_runs() -> None:
 def test_a_federated_dp_run_uses_it_and_engine_sequential_gives_the_same_results() -> None:
     """The runner's FedAvg picks the vectorised DP engine (named in cost); `engine =
     "sequential"` forces the per-client trainers, with the same results to rounding and the
-    same privacy record."""
+    same privacy record; a second run of the same scenario repeats the first exactly."""
     out = {}
-    for engine in ("auto", "sequential"):
+    for engine in ("auto", "sequential", "auto-again"):
         s = load_scenario(
             "default",
             ["attacks=[]", "expectations=[]", "topology.rounds=2", "partition.num_clients=3",
-             f'engine="{engine}"',
+             f'engine="{engine.removesuffix("-again")}"',
              'variants=[{name="dp", defenses=[{name="dp_sgd", params={target_epsilon=8.0, '
              'accountant="rdp"}}]}]'],
         )  # fmt: skip
@@ -177,6 +179,7 @@ def test_a_federated_dp_run_uses_it_and_engine_sequential_gives_the_same_results
     assert out["sequential"]["cost"]["engine"]["name"] == "sequential"
     assert out["auto"]["privacy"] == out["sequential"]["privacy"]
     assert out["auto"]["privacy"]["path"] == "book-keeping"
+    assert out["auto"]["utility"] == out["auto-again"]["utility"]
     auto, seq = out["auto"]["utility"], out["sequential"]["utility"]
     assert auto["train_loss"] == pytest.approx(seq["train_loss"], rel=1e-4)
     for a, b in zip(auto["per_round"], seq["per_round"], strict=True):
