@@ -121,14 +121,15 @@ def clipped_sums(
     cross-entropy over its rows [M] (padding included: ask only without padding)."""
     m, b = y.shape
     h = x.flatten(2) if x.dim() > 3 else x  # [M, B, features], also for an empty batch
-    inputs: dict[int, torch.Tensor] = {}
+    layout = _layout(ops, tuple(params))
+    inputs: list[torch.Tensor] = []
     outputs: dict[int, torch.Tensor] = {}
     with torch.no_grad():
-        for i, (kind, name) in enumerate(ops):
+        for i, kind, name, w_key, b_key in layout.forward:
             if kind == "linear":
-                inputs[i] = h
-                w, bias = params[f"{name}.weight"], params[f"{name}.bias"]
-                h = torch.baddbmm(bias.unsqueeze(1), h, w.transpose(1, 2))
+                inputs.append(h)
+                w = params[w_key].transpose(1, 2)
+                h = torch.baddbmm(params[b_key].unsqueeze(1), h, w)
             else:  # in place on the Linear layer's fresh output
                 h = outputs[i] = _ACT[name](h)
         loss = None
@@ -140,33 +141,51 @@ def clipped_sums(
                 loss = F.cross_entropy(flat, labels, reduction="none").view(m, b).sum(1)
         dz = torch.softmax(h, dim=2)  # minus the one-hot: the gradient of one record's loss
         dz.scatter_add_(2, y.unsqueeze(2), _minus_one(dz.dtype).expand(m, b, 1))
-        layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for i in reversed(range(len(ops))):
-            kind, name = ops[i]
+        grads: list[torch.Tensor] = []  # per Linear layer, last first
+        for i, kind, name, w_key, _ in reversed(layout.forward):
             if kind == "act":
                 dz = activation_grad(name, outputs[i], dz)
                 continue
-            layers[name] = (dz, inputs[i])
+            grads.append(dz)
             if i > 0:
-                dz = torch.bmm(dz, params[f"{name}.weight"])
+                dz = torch.bmm(dz, params[w_key])
+        grads.reverse()
         sq: torch.Tensor | None = None
-        for d, a in layers.values():  # |dz|^2 (|h|^2 + 1), summed over the layers
+        for d, a in zip(grads, inputs, strict=True):  # |dz|^2 (|h|^2 + 1), over the layers
             h_sq = torch.linalg.vecdot(a, a).add_(1.0)
             d_sq = torch.linalg.vecdot(d, d)
             sq = d_sq.mul_(h_sq) if sq is None else sq.addcmul_(d_sq, h_sq)
         assert sq is not None
         factor = _clip_factor(sq, weight, max_grad_norm).unsqueeze(2)
-        scaled = {name: d * factor for name, (d, _) in layers.items()}
+        scaled = [d * factor for d in grads]
         summed = {}
-        for key in params:  # the parameters' order, in which noise is drawn
-            name, kind = key.rsplit(".", 1)
-            d, a = scaled[name], layers[name][1]
-            if kind == "weight":
-                dt = d.transpose(1, 2)
+        for key, layer, is_weight in layout.order:  # the parameters' order (noise's order)
+            d = scaled[layer]
+            if is_weight:
+                dt, a = d.transpose(1, 2), inputs[layer]
                 summed[key] = torch.bmm(dt, a) if out is None else out[key].baddbmm_(dt, a)
             else:
                 summed[key] = d.sum(1) if out is None else out[key].add_(d.sum(1))
     return summed, loss
+
+
+@dataclass(frozen=True)
+class _Layout:
+    forward: tuple[tuple[int, str, str, str, str], ...]  # (op index, kind, name, keys)
+    order: tuple[tuple[str, int, bool], ...]  # per parameter: (key, Linear layer, weight?)
+
+
+@functools.cache
+def _layout(ops: tuple[tuple[str, str], ...], keys: tuple[str, ...]) -> _Layout:
+    """The ops with their parameter keys, and each parameter's Linear layer (cached: the
+    step runs thousands of times on the same ops)."""
+    forward = tuple((i, k, n, f"{n}.weight", f"{n}.bias") for i, (k, n) in enumerate(ops))
+    layer = {n: j for j, n in enumerate(n for k, n in ops if k == "linear")}
+    order = []
+    for key in keys:
+        name, kind = key.rsplit(".", 1)
+        order.append((key, layer[name], kind == "weight"))
+    return _Layout(forward, tuple(order))
 
 
 @functools.cache
@@ -243,7 +262,7 @@ def private_step(
     folded into the noise's standard deviation and the clip factors (equal to dividing the
     sum, to rounding). `expected_batch_size`: E per model, a sequence or a tensor [M]."""
     m = y.shape[0]
-    rows = {k: v[:m] for k, v in noise.items()}
+    rows = {k: v if v.shape[0] == m else v[:m] for k, v in noise.items()}
     sizes = (
         expected_batch_size.tolist()
         if isinstance(expected_batch_size, torch.Tensor)
@@ -268,7 +287,7 @@ def draw_noise(out: Tensors, stds: Sequence[float], generators: Sequence[torch.G
     for i, (std, gen) in enumerate(zip(stds, generators, strict=True)):
         for t in out.values():
             row = t[i]
-            if std > 0:
-                torch.normal(0.0, std, size=row.shape, generator=gen, out=row)
+            if std > 0:  # = torch.normal(0, std, size=row.shape, generator=gen, out=row)
+                row.normal_(0.0, std, generator=gen)
             else:
                 row.zero_()

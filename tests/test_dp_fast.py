@@ -186,6 +186,28 @@ def test_noise_is_drawn_as_opacus_draws_it() -> None:
         assert torch.equal(o, ref)
 
 
+def test_stacked_noise_is_each_models_own_opacus_draw() -> None:
+    """privlab.stacked_dp.draw_noise for 3 stacked models: row m holds exactly (bitwise) what
+    Opacus' _generate_noise draws, parameter by parameter, from model m's generator alone;
+    std 0 gives zeros and leaves that generator untouched."""
+    from opacus.optimizers.optimizer import _generate_noise
+
+    from privlab.stacked_dp import draw_noise
+
+    shapes = [(7, 5), (7,), (3, 7), (3,)]  # sizes above and below torch's 16-value kernel
+    out = {str(i): torch.empty(3, *s) for i, s in enumerate(shapes)}
+    stds = [0.5, 0.0, 2.0]
+    draw_noise(out, stds, [torch.Generator().manual_seed(20 + m) for m in range(3)])
+    for m, std in enumerate(stds):
+        gen = torch.Generator().manual_seed(20 + m)
+        for i, s in enumerate(shapes):
+            ref = _generate_noise(std=std, reference=torch.zeros(s), generator=gen)
+            assert torch.equal(out[str(i)][m], ref), (m, i)
+    untouched = torch.Generator().manual_seed(21)
+    draw_noise({"w": torch.empty(1, 4)}, [0.0], [untouched])
+    assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(21).get_state())
+
+
 def test_whole_trainer_matches_the_opacus_trainer() -> None:
     """Same seed, same Poisson batches, same noise: the two trainers end at the same weights,
     the same mean loss and the same privacy record except for the path that ran."""

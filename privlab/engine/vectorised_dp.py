@@ -131,7 +131,7 @@ class VectorisedDPEngine(Engine):
                 if t % per_epoch[i] == 0:
                     batches.draw(i, clients[i].sample_rate, gens[i])
             idx, weight = batches.step(t, mt)
-            live = {k: v[:mt] for k, v in params.items()}
+            live = params if mt == m else {k: v[:mt] for k, v in params.items()}
             grads, _ = private_step(
                 self.arch.ops,
                 live,
