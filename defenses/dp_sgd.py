@@ -5,8 +5,12 @@ Opacus' DPDataLoader does, so the accountant's subsampling assumption holds; E e
 E * k steps, and a target epsilon is calibrated on those steps (defenses/dp_calibration.py,
 cached on disk). Two implementations of the same step:
 
-- the fast path (defenses/dp_fast.py: book-keeping clipping, Bu et al. 2023) for models made of
-  Linear layers and element-wise activations: no per-sample gradients are materialised;
+- the fast path (book-keeping clipping, Bu et al. 2023) for models made of Linear layers and
+  element-wise activations: no per-sample gradients are materialised; Linear stacks (the
+  built-in MLP and logistic regression) take the step written out (privlab.stacked_dp), and
+  federated clients train it together on the vectorised DP engine (`make_engine`:
+  privlab.engine.vectorised_dp; each client keeps its own generator and accountant), other
+  such models through autograd (defenses/dp_fast.py);
 - Opacus (GradSampleModule + DPOptimizer), the reference implementation, for every other model
   (or `path = "opacus"`).
 
