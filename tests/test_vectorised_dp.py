@@ -185,3 +185,12 @@ def test_a_federated_dp_run_uses_it_and_engine_sequential_gives_the_same_results
     for a, b in zip(auto["per_round"], seq["per_round"], strict=True):
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-3)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_packing_in_small_groups_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clients whose epochs start together are packed in groups bounded by PACK_BUDGET; one
+    client per group gives the same results as the sequential trainers."""
+    import privlab.engine.vectorised_dp as vdp
+
+    monkeypatch.setattr(vdp, "PACK_BUDGET", 1)
+    test_vectorised_dp_equals_sequential_fast_trainers(RECIPES[1], "relu")

@@ -33,7 +33,7 @@ from torch import nn
 from privlab.engine.base import Chunk, ClientShard, Engine, State, floating_keys
 from privlab.engine.sgd import proximal_update, sgd_update
 from privlab.engine.vectorised import linear_stack
-from privlab.stacked_dp import poisson_batches, private_step
+from privlab.stacked_dp import pack_batches, poisson_mask, private_step
 from privlab.training import TrainSettings
 
 
@@ -127,9 +127,10 @@ class VectorisedDPEngine(Engine):
         expected_t = torch.tensor(expected, dtype=x.dtype)
         for t in range(max(total)):
             mt = sum(1 for steps in total if steps > t)
-            for i in range(mt):  # client i's epoch starts: its Poisson masks, then its noise
-                if t % per_epoch[i] == 0:
-                    batches.draw(i, clients[i].sample_rate, gens[i])
+            fresh = [i for i in range(mt) if t % per_epoch[i] == 0]  # epoch starts: masks
+            if fresh:  # (each client's masks, then its noise, as its trainer draws them)
+                rates = [clients[i].sample_rate for i in fresh]
+                batches.draw(fresh, rates, [gens[i] for i in fresh])
             idx, weight = batches.step(t, mt)
             live = params if mt == m else {k: v[:mt] for k, v in params.items()}
             grads, _ = private_step(
@@ -164,11 +165,15 @@ class VectorisedDPEngine(Engine):
         return out
 
 
+PACK_BUDGET = 1 << 22
+"""Mask entries packed at once (bounds the argsort's memory: 32 MiB of int64)."""
+
+
 class _EpochBatches:
     """A chunk's Poisson batches, a client's whole epoch at a time: drawn from its generator
-    when its epoch starts (`poisson_batches` over its records: the masks its trainer draws),
-    packed chosen-first with zero-weight padding, so a step's batch is a slice. Rows index
-    the chunk's padded record layout (client i's record j at i * n1 + j)."""
+    when its epoch starts (the masks its trainer draws), packed chosen-first with zero-weight
+    padding, so a step's batch is a slice. Rows index the chunk's padded record layout
+    (client i's record j at i * n1 + j)."""
 
     def __init__(self, per_epoch: list[int], sizes: list[int], n1: int) -> None:
         self.per_epoch, self.sizes, self.n1 = per_epoch, sizes, n1
@@ -179,20 +184,44 @@ class _EpochBatches:
         self.weight = torch.zeros(m, longest, 0)
         self.count = torch.zeros(m, longest)
 
-    def draw(self, i: int, sample_rate: float, generator: torch.Generator) -> None:
-        steps, n = self.per_epoch[i], self.sizes[i]
-        members = (torch.arange(n) + i * self.n1).expand(steps, n)
-        idx, weight = poisson_batches(members, sample_rate, generator)
+    def draw(self, fresh: list[int], rates: list[float], gens: list[torch.Generator]) -> None:
+        """Clients `fresh` start an epoch: each draws its masks from its own generator
+        (`poisson_mask`, as its trainer does), then they are packed together, in groups of at
+        most PACK_BUDGET mask entries (`pack_batches`: chosen first, in record order)."""
+        masks = [
+            poisson_mask(self.per_epoch[i], self.sizes[i], q, g)
+            for i, q, g in zip(fresh, rates, gens, strict=True)
+        ]
+        start = 0
+        while start < len(fresh):
+            end, longest = start + 1, self.per_epoch[fresh[start]]
+            while end < len(fresh):
+                wider = max(longest, self.per_epoch[fresh[end]])
+                if (end + 1 - start) * wider * self.n1 > PACK_BUDGET:
+                    break
+                end, longest = end + 1, wider
+            self._pack(fresh[start:end], masks[start:end], longest)
+            start = end
+
+    def _pack(self, group: list[int], masks: list[torch.Tensor], longest: int) -> None:
+        g, n1 = len(group), self.n1
+        block = torch.zeros(g, longest, n1, dtype=torch.bool)
+        for j, mask in enumerate(masks):
+            block[j, : mask.shape[0], : mask.shape[1]] = mask
+        lanes = torch.tensor(group)
+        base = (lanes * n1).view(g, 1, 1)
+        members = (torch.arange(n1).view(1, 1, n1) + base).expand(g, longest, n1)
+        idx, weight = pack_batches(members.reshape(g * longest, n1), block.view(g * longest, n1))
         width = idx.shape[1]
         if width > self.rows.shape[2]:  # widen every client's table (padding: weight 0)
             grow = width - self.rows.shape[2]
             self.rows = torch.nn.functional.pad(self.rows, (0, grow))
             self.weight = torch.nn.functional.pad(self.weight, (0, grow))
-        self.rows[i, :steps] = i * self.n1
-        self.rows[i, :steps, :width] = idx
-        self.weight[i, :steps] = 0.0
-        self.weight[i, :steps, :width] = weight
-        self.count[i, :steps] = weight.sum(1)
+        self.rows[lanes, :longest] = base.expand(g, longest, self.rows.shape[2])
+        self.rows[lanes, :longest, :width] = idx.view(g, longest, width)
+        self.weight[lanes, :longest] = 0.0
+        self.weight[lanes, :longest, :width] = weight.view(g, longest, width)
+        self.count[lanes, :longest] = block.sum(2).to(self.count.dtype)
 
     def step(self, t: int, mt: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Step t's batches of the first mt clients: (rows [mt, B], weight [mt, B])."""
