@@ -194,3 +194,21 @@ def test_packing_in_small_groups_changes_nothing(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(vdp, "PACK_BUDGET", 1)
     test_vectorised_dp_equals_sequential_fast_trainers(RECIPES[1], "relu")
+
+
+@pytest.mark.parametrize("sizes", [[5, 0, 1, 7], [0, 0]])
+def test_clients_with_one_record_or_none(sizes: list[int]) -> None:
+    """A client without records still takes its pure-noise steps (as Opacus does on an empty
+    Poisson batch), one with a single record its own: as their sequential trainers."""
+    settings = TrainSettings(batch_size=3, lr=0.1, local_epochs=2, momentum=0.5)
+    defense, model = _defense(noise_multiplier=1.0), _model()
+    vec = defense.make_engine(_shards(sizes), model, settings, planned_epochs=2)
+    seq = _sequential(defense, model, settings, _shards(sizes), 2)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ids = list(range(len(sizes)))
+    ours, ref = _collect(vec, start, ids), _collect(seq, start, ids)
+    for k in ids:
+        for key, v in ref[k].items():
+            assert torch.allclose(ours[k][key], v, rtol=1e-4, atol=1e-6), (k, key)
+        assert not torch.allclose(ours[k]["1.weight"], start["1.weight"])  # noise moved it
+    assert vec is not None and vec.privacy() == seq.privacy()

@@ -102,10 +102,11 @@ class VectorisedDPEngine(Engine):
         sizes = [self.num_samples(k) for k in chunk]
         n1 = max(sizes)
         first = self.shards[chunk[0]].x
-        x = first.new_zeros(len(chunk) * n1, math.prod(first.shape[1:]))
+        d = math.prod(first.shape[1:])
+        x = first.new_zeros(len(chunk) * n1, d)
         y = self.shards[chunk[0]].y.new_zeros(len(chunk) * n1)
         for i, (k, n) in enumerate(zip(chunk, sizes, strict=True)):
-            x[i * n1 : i * n1 + n] = self.shards[k].x.reshape(n, -1)
+            x[i * n1 : i * n1 + n] = self.shards[k].x.reshape(n, d)
             y[i * n1 : i * n1 + n] = self.shards[k].y
         return x, y, n1
 
