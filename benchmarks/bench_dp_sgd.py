@@ -8,10 +8,12 @@ interleaved so machine load hits every contender alike; medians, then ratios:
    non-private privlab LocalTrainer; privlab DP-SGD on the fast path (book-keeping clipping);
    privlab DP-SGD through Opacus (path = "opacus"); vanilla Opacus (PrivacyEngine.make_private
    with Poisson sampling and a plain training loop).
-2. The whole default FedAvg job (attacks off): the undefended variant against DP-SGD on each
-   path (noise multiplier 1.0, so noise calibration is not timed; see --calibration).
+2. The whole default FedAvg job (attacks off): the undefended variant (vectorised engine)
+   against DP-SGD on the vectorised DP engine (privlab.engine.vectorised_dp), on the fast path
+   one client at a time (engine = "sequential") and through Opacus (noise multiplier 1.0, so
+   noise calibration is not timed; see --calibration); `--clients N` for N clients.
 
-    python benchmarks/bench_dp_sgd.py [--repeats 5] [--epochs 5] [--calibration]
+    python benchmarks/bench_dp_sgd.py [--repeats 5] [--epochs 5] [--clients N] [--calibration]
 """
 
 from __future__ import annotations
@@ -100,12 +102,15 @@ def local_contenders(run: ScenarioRun, epochs: int) -> dict[str, Callable[[], fl
     }
 
 
-def fedavg_contenders() -> dict[str, Callable[[], float]]:
-    def job(defenses: str) -> Callable[[], float]:
+def fedavg_contenders(clients: int | None = None) -> dict[str, Callable[[], float]]:
+    extra = [] if clients is None else [f"partition.num_clients={clients}"]
+
+    def job(defenses: str, engine: str = "auto") -> Callable[[], float]:
         scenario = load_scenario(
             "default",
-            ["attacks=[]", "expectations=[]", f'variants=[{{name="v", defenses={defenses}}}]'],
-        )
+            ["attacks=[]", "expectations=[]", f'engine="{engine}"', *extra,
+             f'variants=[{{name="v", defenses={defenses}}}]'],
+        )  # fmt: skip
         run = ScenarioRun(scenario)
 
         def go() -> float:
@@ -117,7 +122,8 @@ def fedavg_contenders() -> dict[str, Callable[[], float]]:
     dp = '[{{name="dp_sgd", params={{noise_multiplier={n}, path="{p}"}}}}]'
     return {
         "FedAvg non-private": job("[]"),
-        "FedAvg DP-SGD fast path": job(dp.format(n=NOISE, p="auto")),
+        "FedAvg DP-SGD vectorised engine": job(dp.format(n=NOISE, p="auto")),
+        "FedAvg DP-SGD fast path, sequential": job(dp.format(n=NOISE, p="auto"), "sequential"),
         "FedAvg DP-SGD Opacus path": job(dp.format(n=NOISE, p="opacus")),
     }
 
@@ -137,7 +143,7 @@ def measure(contenders: dict[str, Callable[[], float]], repeats: int) -> dict[st
 def table(title: str, med: dict[str, float], base: str) -> None:
     print(title)
     for name, t in med.items():
-        print(f"  {name:32s} {t:8.3f} s   {t / med[base]:5.2f}x {base}")
+        print(f"  {name:36s} {t:8.3f} s   {t / med[base]:5.2f}x {base}")
 
 
 def calibration_timing() -> None:
@@ -165,19 +171,29 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--calibration", action="store_true")
     parser.add_argument("--skip-fedavg", action="store_true")
+    parser.add_argument("--skip-local", action="store_true")
+    parser.add_argument("--clients", type=int, default=None, help="part 2 with N clients")
     args = parser.parse_args()
     run = ScenarioRun(load_scenario("default", ["attacks=[]", "expectations=[]"]))
     x, _, _ = _data(run)
-    local = measure(local_contenders(run, args.epochs), args.repeats)
-    table(
-        f"local training, default model and recipe, {len(x)} records, {args.epochs} epochs "
-        f"(median of {args.repeats}; target: fast path <= 2x non-private)",
-        local,
-        "non-private (privlab)",
-    )
+    if not args.skip_local:
+        local = measure(local_contenders(run, args.epochs), args.repeats)
+        table(
+            f"local training, default model and recipe, {len(x)} records, {args.epochs} "
+            f"epochs (median of {args.repeats}; target: fast path <= 2x non-private)",
+            local,
+            "non-private (privlab)",
+        )
     if not args.skip_fedavg:
-        fed = measure(fedavg_contenders(), args.repeats)
-        table(f"whole default FedAvg job (median of {args.repeats})", fed, "FedAvg non-private")
+        fed = measure(fedavg_contenders(args.clients), args.repeats)
+        who = "" if args.clients is None else f", {args.clients} clients"
+        table(f"whole default FedAvg job{who} (median of {args.repeats})", fed,
+              "FedAvg non-private")  # fmt: skip
+        vec, seq = (
+            fed["FedAvg DP-SGD vectorised engine"],
+            fed["FedAvg DP-SGD fast path, sequential"],
+        )
+        print(f"  vectorised DP engine: {seq / vec:.2f}x faster than the sequential fast path")
     if args.calibration:
         calibration_timing()
 

@@ -17,6 +17,7 @@ from privlab.scenario import ComponentSpec, validate_params
 if TYPE_CHECKING:
     import torch
 
+    from privlab.engine.base import ClientShard, Engine
     from privlab.scenario import Scenario
     from privlab.training import LocalTrainer, TrainSettings
 
@@ -79,6 +80,18 @@ class LocalTrainingDefense(Defense):
         planned_epochs: int,
     ) -> LocalTrainer:
         raise NotImplementedError
+
+    def make_engine(
+        self,
+        shards: list[ClientShard],
+        model: torch.nn.Module,
+        settings: TrainSettings,
+        *,
+        planned_epochs: int,
+    ) -> Engine | None:
+        """An engine that trains all clients together under this defense, or None: one
+        `make_trainer` trainer per client on the sequential engine (the reference)."""
+        return None
 
 
 class ClientUpdateDefense(Defense):

@@ -9,11 +9,14 @@ one backward to the layer outputs, then one matmul per layer. No (B, d_out, d_in
 ever built. The per-sample norms, clip factors C / (norm + 1e-6) capped at 1, the noise
 N(0, (sigma C)^2) drawn per parameter in parameter order with torch.normal and the division by
 the expected batch size are Opacus' DPOptimizer's (loss_reduction="mean"), so for the same
-generator state both produce the same step (tests/test_dp_sgd.py compares them).
+generator state both produce the same step (tests/test_dp_fast.py compares them).
 
 `supports(model)` says where this applies: an nn.Sequential of Flatten, Linear and parameter-free
 element-wise activations, every trainable parameter in a Linear. Anything else trains through
-Opacus.
+Opacus. This module's autograd version (backward to the layer outputs) serves every such model;
+Linear stacks with biases and ReLU / tanh / sigmoid (the built-in MLP and logistic regression)
+take the same step written out in privlab.stacked_dp (`private_step`: no autograd, buffers
+reused), in FastDPSGDTrainer and, stacked over clients, privlab.engine.vectorised_dp.
 """
 
 from __future__ import annotations
@@ -131,30 +134,3 @@ def dp_gradient(
         generator=generator,
     )
     return grads, loss
-
-
-class PlainSGD:
-    """torch.optim.SGD's update (dampening 0, no Nesterov) without torch.optim: constructing any
-    torch.optim optimiser imports torch._dynamo (1.3 s at start-up), which this path avoids.
-    `state` holds the momentum buffers (cleared each round by LocalTrainer.train)."""
-
-    def __init__(
-        self, params: list[nn.Parameter], *, lr: float, momentum: float, weight_decay: float
-    ) -> None:
-        self.params = params
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.state: dict[int, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def step(self, grads: list[torch.Tensor]) -> None:
-        for i, (p, g) in enumerate(zip(self.params, grads, strict=True)):
-            d = g.add(p, alpha=self.weight_decay) if self.weight_decay else g
-            if self.momentum:
-                buf = self.state.get(i)
-                if buf is None:
-                    buf = d.clone()
-                else:
-                    buf.mul_(self.momentum).add_(d)
-                self.state[i] = buf
-                d = buf
-            p.add_(d, alpha=-self.lr)

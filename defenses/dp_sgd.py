@@ -5,8 +5,12 @@ Opacus' DPDataLoader does, so the accountant's subsampling assumption holds; E e
 E * k steps, and a target epsilon is calibrated on those steps (defenses/dp_calibration.py,
 cached on disk). Two implementations of the same step:
 
-- the fast path (defenses/dp_fast.py: book-keeping clipping, Bu et al. 2023) for models made of
-  Linear layers and element-wise activations: no per-sample gradients are materialised;
+- the fast path (book-keeping clipping, Bu et al. 2023) for models made of Linear layers and
+  element-wise activations: no per-sample gradients are materialised; Linear stacks (the
+  built-in MLP and logistic regression) take the step written out (privlab.stacked_dp), and
+  federated clients train it together on the vectorised DP engine (`make_engine`:
+  privlab.engine.vectorised_dp; each client keeps its own generator and accountant), other
+  such models through autograd (defenses/dp_fast.py);
 - Opacus (GradSampleModule + DPOptimizer), the reference implementation, for every other model
   (or `path = "opacus"`).
 
@@ -18,7 +22,7 @@ accounting is the same whichever path ran; `privacy.path` says which. Epsilon is
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -27,8 +31,14 @@ from torch.nn import functional as F
 from privlab.defenses import dp_fast
 from privlab.defenses.base import LocalTrainingDefense
 from privlab.defenses.dp_calibration import calibrate_noise, steps_of
+from privlab.engine.sgd import sgd_update
+from privlab.engine.vectorised import linear_stack
 from privlab.errors import ScenarioError
+from privlab.stacked_dp import poisson_mask, private_step
 from privlab.training import LocalTrainer, TrainSettings
+
+if TYPE_CHECKING:
+    from privlab.engine.base import ClientShard, Engine
 
 Accountant = Literal["rdp", "prv", "gdp"]
 
@@ -82,6 +92,19 @@ class DPSGD(LocalTrainingDefense):
                 f"steps ({exc}); raise it or train for fewer epochs"
             ) from None
 
+    def _plan(self, n: int, settings: TrainSettings, planned_epochs: int) -> tuple[float, int]:
+        """(noise multiplier, calibrated steps) of a party holding n records."""
+        per_epoch = settings.steps_per_epoch(n)
+        steps = steps_of(planned_epochs, per_epoch)
+        return self.noise_for(1.0 / per_epoch, steps), steps
+
+    def _fast(self, model: torch.nn.Module) -> bool:
+        return (
+            self.params.path == "auto"
+            and (self.topology is None or self.topology in self.FAST_TOPOLOGIES)
+            and dp_fast.supports(model)
+        )
+
     def make_trainer(
         self,
         model: torch.nn.Module,
@@ -92,18 +115,34 @@ class DPSGD(LocalTrainingDefense):
         *,
         planned_epochs: int,
     ) -> LocalTrainer:
-        per_epoch = settings.steps_per_epoch(len(y))
-        steps = steps_of(planned_epochs, per_epoch)
-        noise = self.noise_for(1.0 / per_epoch, steps)
-        fast = (
-            self.params.path == "auto"
-            and (self.topology is None or self.topology in self.FAST_TOPOLOGIES)
-            and dp_fast.supports(model)
-        )
-        cls = FastDPSGDTrainer if fast else DPSGDTrainer
+        noise, steps = self._plan(len(y), settings, planned_epochs)
+        cls = FastDPSGDTrainer if self._fast(model) else DPSGDTrainer
         trainer = cls(model, x, y, settings, generator, params=self.params, noise=noise)
         trainer.planned_steps = steps
         return trainer
+
+    def make_engine(
+        self,
+        shards: list[ClientShard],
+        model: torch.nn.Module,
+        settings: TrainSettings,
+        *,
+        planned_epochs: int,
+    ) -> Engine | None:
+        """The vectorised DP-SGD engine (privlab.engine.vectorised_dp) where every client's
+        trainer would take the written-out fast path (a Linear stack); None otherwise. Each
+        client keeps its own `ClientAccount`: the accountant its FastDPSGDTrainer would keep."""
+        from privlab.engine.vectorised_dp import VectorisedDPEngine
+
+        if not self._fast(model) or linear_stack(model) is None:
+            return None
+        accounts = []
+        for s in shards:
+            noise, steps = self._plan(s.num_samples, settings, planned_epochs)
+            accounts.append(ClientAccount(s.num_samples, settings, self.params, noise, steps))
+        return VectorisedDPEngine(
+            shards, model, settings, accounts, max_grad_norm=self.params.max_grad_norm
+        )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -138,8 +177,12 @@ class _Accounted:
     def _poisson_batches(self) -> list[torch.Tensor]:
         """Poisson sampling: each record joins each batch independently with rate q."""
         steps = self.settings.steps_per_epoch(self.num_samples)
-        mask = torch.rand(steps, self.num_samples, generator=self.generator) < self.sample_rate
+        mask = poisson_mask(steps, self.num_samples, self.sample_rate, self.generator)
         return [row.nonzero().flatten() for row in mask]
+
+    def _account_step(self) -> None:
+        """One DP-SGD step taken: (noise multiplier, sample rate) into the accountant."""
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
 
     def privacy(self) -> dict[str, Any]:
         steps = sum(n for _, _, n in self.accountant.history)
@@ -161,8 +204,40 @@ class _Accounted:
         return out
 
 
+class ClientAccount(_Accounted):
+    """A party's DP-SGD parameters and accountant without a trainer: what the vectorised DP
+    engine steps for each client (privlab.engine.vectorised_dp.DPClient), set up exactly as
+    that party's FastDPSGDTrainer would be."""
+
+    path = "book-keeping"
+
+    def __init__(
+        self, n: int, settings: TrainSettings, params: DPSGDParams, noise: float, steps: int
+    ) -> None:
+        from opacus.accountants import create_accountant
+
+        self.params = params
+        self.noise_multiplier = noise
+        self.num_samples = n
+        self.settings = settings
+        self.sample_rate = 1.0 / settings.steps_per_epoch(n)
+        self.expected_batch_size = max(1, round(self.sample_rate * n))
+        self.accountant = create_accountant(params.accountant)
+        self.planned_steps = steps
+
+    def step(self) -> None:
+        self._account_step()
+
+
 class FastDPSGDTrainer(_Accounted, LocalTrainer):
-    """DP-SGD steps by book-keeping clipping (dp_fast) and a torch.optim-free SGD update."""
+    """DP-SGD steps without per-sample gradients and without torch.optim.
+
+    A Linear stack (privlab.engine.vectorised.linear_stack: the built-in MLP and logistic
+    regression) takes the written-out step of privlab.stacked_dp (forward, backward, ghost
+    norms, clipped sums added onto the drawn noise, in reused buffers; one "stacked" model);
+    other models dp_fast.supports takes autograd's backward to the layer outputs
+    (dp_fast.dp_gradient). Both are Opacus' step for the same generator state; the update is
+    privlab.engine.sgd's (torch.optim.SGD's arithmetic)."""
 
     path = "book-keeping"
 
@@ -179,8 +254,8 @@ class FastDPSGDTrainer(_Accounted, LocalTrainer):
     ) -> None:
         from opacus.accountants import create_accountant
 
-        # LocalTrainer.__init__ is not called: it builds a torch.optim optimiser, whose first
-        # construction imports torch._dynamo; PlainSGD applies the same update.
+        # LocalTrainer.__init__ is not called: nothing here builds a torch.optim optimiser,
+        # whose first construction imports torch._dynamo (over a second).
         self.model = model
         self.x, self.y = x, y
         self.settings = settings
@@ -189,29 +264,62 @@ class FastDPSGDTrainer(_Accounted, LocalTrainer):
         self.noise_multiplier = noise
         self.sample_rate = 1.0 / settings.steps_per_epoch(len(y))
         self.expected_batch_size = max(1, round(self.sample_rate * len(y)))
-        self.optimizer = dp_fast.PlainSGD(
-            dp_fast.dp_parameters(model),  # type: ignore[arg-type]
-            lr=settings.lr,
-            momentum=settings.momentum,
-            weight_decay=settings.weight_decay,
-        )
         self.accountant = create_accountant(params.accountant)
+        self._optimizer = None
+        self._buffers: list[torch.Tensor | None] = []
+        self.arch = linear_stack(model)
+        named = dict(model.named_parameters())
+        if self.arch is None:
+            self._params = dp_fast.dp_parameters(model)  # type: ignore[arg-type]
+        else:  # [1, ...] views of the model's parameters: the step updates them in place
+            self._stacked = {k: named[k].detach().unsqueeze(0) for k in self.arch.keys}
+            self._noise = {k: torch.empty_like(v) for k, v in self._stacked.items()}
+            self._params = list(self._stacked.values())
 
     def _batches(self) -> list[torch.Tensor]:
         return self._poisson_batches()
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> float:
-        grads, loss = dp_fast.dp_gradient(
-            self.model,
-            xb,
-            yb,
-            max_grad_norm=self.params.max_grad_norm,
-            noise_multiplier=self.noise_multiplier,
-            expected_batch_size=self.expected_batch_size,
-            generator=self.generator,
+        p, std = self.params, self.noise_multiplier * self.params.max_grad_norm
+        if self.arch is None:
+            grads, loss = dp_fast.dp_gradient(
+                self.model,  # type: ignore[arg-type]
+                xb,
+                yb,
+                max_grad_norm=p.max_grad_norm,
+                noise_multiplier=self.noise_multiplier,
+                expected_batch_size=self.expected_batch_size,
+                generator=self.generator,
+            )
+        else:
+            private, losses = private_step(
+                self.arch.ops,
+                self._stacked,
+                self._noise,
+                xb.unsqueeze(0),
+                yb.unsqueeze(0),
+                None,
+                max_grad_norm=p.max_grad_norm,
+                stds=(std,),
+                generators=(self.generator,),
+                expected_batch_size=(self.expected_batch_size,),
+                losses=True,
+            )
+            grads = list(private.values())
+            assert losses is not None
+            loss = float(losses) / len(yb) if len(yb) else 0.0
+        if not self._buffers:
+            self._buffers = [None] * len(self._params)
+        s = self.settings
+        sgd_update(
+            self._params,
+            grads,
+            self._buffers,
+            lr=s.lr,
+            momentum=s.momentum,
+            weight_decay=s.weight_decay,
         )
-        self.optimizer.step(grads)
-        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        self._account_step()
         return loss
 
 

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from privlab.defenses import dp_fast
 from privlab.defenses.dp_sgd import DPSGD, DPSGDTrainer, FastDPSGDTrainer
+from privlab.engine.sgd import sgd_update
 from privlab.models import build_model
 from privlab.scenario import ComponentSpec, ModelSpec
 from privlab.training import TrainSettings, seeded_generator
@@ -70,9 +71,8 @@ def test_fast_step_equals_opacus_step_for_the_same_noise_draw(
     )  # fmt: skip
     gsm = GradSampleModule(ref_model)
     gen = torch.Generator().manual_seed(7)
-    sgd = dp_fast.PlainSGD(
-        dp_fast.dp_parameters(fast_model), lr=0.1, momentum=momentum, weight_decay=weight_decay
-    )
+    fast_params = dp_fast.dp_parameters(fast_model)
+    bufs: list[torch.Tensor | None] = [None] * len(fast_params)
     for b in batches:
         opt.zero_grad(set_to_none=True)
         logits = gsm(x[b])
@@ -85,11 +85,89 @@ def test_fast_step_equals_opacus_step_for_the_same_noise_draw(
             fast_model, x[b], y[b], max_grad_norm=0.5, noise_multiplier=1.3,
             expected_batch_size=8, generator=gen,
         )  # fmt: skip
-        sgd.step(grads)
+        sgd_update(fast_params, grads, bufs, lr=0.1, momentum=momentum, weight_decay=weight_decay)
     for p_ref, p_fast in zip(ref_model.parameters(), fast_model.parameters(), strict=True):
         assert torch.allclose(p_ref, p_fast, rtol=1e-5, atol=1e-6)
     # the noise really was drawn (the step is not the noiseless one)
     assert not torch.allclose(next(_mlp().parameters()), next(fast_model.parameters()))
+
+
+def _opacus_steps(
+    model: nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    gen: torch.Generator,
+    *,
+    noise: float,
+    clip: float,
+    ebs: int,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """The reference: Opacus' GradSampleModule + DPOptimizer steps, in place on `model`."""
+    opt = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay),
+        noise_multiplier=noise, max_grad_norm=clip, expected_batch_size=ebs, generator=gen,
+    )  # fmt: skip
+    gsm = GradSampleModule(model)
+    for xb, yb in batches:
+        opt.zero_grad(set_to_none=True)
+        logits = gsm(xb)
+        reduction = "sum" if len(yb) == 0 else "mean"
+        F.cross_entropy(logits, yb, reduction=reduction).backward()
+        opt.step()
+    gsm._close()
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh, nn.Sigmoid])
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 5e-4)])
+def test_written_out_stacked_steps_equal_opacus_per_model(
+    act: type, momentum: float, weight_decay: float
+) -> None:
+    """privlab.stacked_dp.private_step for 3 stacked models, each with its own generator and
+    its own Poisson-sized batches (padded with zero weight, one batch empty), against
+    Opacus' DPOptimizer run on each model alone with a generator in the same state."""
+    from privlab.engine.vectorised import linear_stack
+    from privlab.stacked_dp import private_step
+
+    def make(seed: int) -> nn.Sequential:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), act(), nn.Linear(12, 10))
+
+    x, y = _batch(30)
+    sizes = [[9, 4, 0], [5, 11, 7], [1, 6, 3]]  # model i's batch at step t
+    ebs, clip, noise = [6, 7, 3], 0.7, [1.3, 0.0, 0.6]
+    arch = linear_stack(make(0))
+    assert arch is not None
+    models = [make(i) for i in range(3)]
+    stacked = {k: torch.stack([dict(m.named_parameters())[k].detach() for m in models])
+               for k in arch.keys}  # fmt: skip
+    noise_buf = {k: torch.empty_like(v) for k, v in stacked.items()}
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+    bufs: list[torch.Tensor | None] = [None] * len(stacked)
+    for t in range(3):
+        width = max(1, max(s[t] for s in sizes))
+        idx = torch.zeros(3, width, dtype=torch.long)
+        weight = torch.zeros(3, width)
+        for i, s in enumerate(sizes):
+            idx[i, : s[t]] = torch.arange(s[t]) + 3 * i + t
+            weight[i, : s[t]] = 1.0
+        grads, _ = private_step(
+            arch.ops, stacked, noise_buf, x[idx], y[idx], weight, max_grad_norm=clip,
+            stds=[n * clip for n in noise], generators=gens,
+            expected_batch_size=ebs,
+        )  # fmt: skip
+        sgd_update(list(stacked.values()), list(grads.values()), bufs, lr=0.1,
+                   momentum=momentum, weight_decay=weight_decay)  # fmt: skip
+    for i in range(3):
+        ref = make(i)
+        batches = [(x[torch.arange(s) + 3 * i + t], y[torch.arange(s) + 3 * i + t])
+                   for t, s in enumerate(sizes[i])]  # fmt: skip
+        gen = torch.Generator().manual_seed(10 + i)
+        _opacus_steps(ref, batches, gen, noise=noise[i], clip=clip, ebs=ebs[i],
+                      momentum=momentum, weight_decay=weight_decay)  # fmt: skip
+        for k, p in ref.named_parameters():
+            assert torch.allclose(stacked[k][i], p, rtol=1e-5, atol=1e-6), (i, k)
+    assert not torch.allclose(stacked["1.weight"][0], make(0)[1].weight)
 
 
 def test_noise_is_drawn_as_opacus_draws_it() -> None:
@@ -108,22 +186,47 @@ def test_noise_is_drawn_as_opacus_draws_it() -> None:
         assert torch.equal(o, ref)
 
 
+def test_stacked_noise_is_each_models_own_opacus_draw() -> None:
+    """privlab.stacked_dp.draw_noise for 3 stacked models: row m holds exactly (bitwise) what
+    Opacus' _generate_noise draws, parameter by parameter, from model m's generator alone;
+    std 0 gives zeros and leaves that generator untouched."""
+    from opacus.optimizers.optimizer import _generate_noise
+
+    from privlab.stacked_dp import draw_noise
+
+    shapes = [(7, 5), (7,), (3, 7), (3,)]  # sizes above and below torch's 16-value kernel
+    out = {str(i): torch.empty(3, *s) for i, s in enumerate(shapes)}
+    stds = [0.5, 0.0, 2.0]
+    draw_noise(out, stds, [torch.Generator().manual_seed(20 + m) for m in range(3)])
+    for m, std in enumerate(stds):
+        gen = torch.Generator().manual_seed(20 + m)
+        for i, s in enumerate(shapes):
+            ref = _generate_noise(std=std, reference=torch.zeros(s), generator=gen)
+            assert torch.equal(out[str(i)][m], ref), (m, i)
+    untouched = torch.Generator().manual_seed(21)
+    draw_noise({"w": torch.empty(1, 4)}, [0.0], [untouched])
+    assert torch.equal(untouched.get_state(), torch.Generator().manual_seed(21).get_state())
+
+
 def test_whole_trainer_matches_the_opacus_trainer() -> None:
-    """Same seed, same Poisson batches, same noise: the two trainers end at the same weights
-    and the same privacy record except for the path that ran."""
+    """Same seed, same Poisson batches, same noise: the two trainers end at the same weights,
+    the same mean loss and the same privacy record except for the path that ran."""
     x, y = _batch(60, seed=4)
     settings = TrainSettings(batch_size=8, lr=0.05, local_epochs=2, momentum=0.5)
-    out = {}
+    out, losses = {}, {}
     for path in ("auto", "opacus"):
         spec = ComponentSpec(name="dp_sgd", params={"noise_multiplier": 0.8, "path": path})
         t = DPSGD(spec, "defenses.0").make_trainer(
             _mlp(), x, y, settings, seeded_generator(0, 1, 7), planned_epochs=2
         )
-        t.train(t.state())
+        losses[path] = t.train(t.state()).mean_loss
         out[path] = (t.state(), t.privacy())
+        if path == "auto":
+            assert t.arch is not None  # the written-out step (privlab.stacked_dp)
     assert out["auto"][1].pop("path") == "book-keeping"
     assert out["opacus"][1].pop("path") == "opacus"
     assert out["auto"][1] == out["opacus"][1]
+    assert losses["auto"] == pytest.approx(losses["opacus"], rel=1e-5)
     for k, v in out["opacus"][0].items():
         assert torch.allclose(out["auto"][0][k], v, rtol=1e-4, atol=1e-5), k
 
@@ -140,21 +243,6 @@ def test_fast_path_applies_to_linear_stacks_only() -> None:
         planned_epochs=1,
     )  # fmt: skip
     assert isinstance(trainer, DPSGDTrainer) and not isinstance(trainer, FastDPSGDTrainer)
-
-
-def test_plain_sgd_equals_torch_sgd() -> None:
-    a, b = _mlp(), _mlp()
-    opt = torch.optim.SGD(a.parameters(), lr=0.2, momentum=0.9, weight_decay=1e-3)
-    mine = dp_fast.PlainSGD(list(b.parameters()), lr=0.2, momentum=0.9, weight_decay=1e-3)
-    for seed in range(3):
-        grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(seed))
-                 for p in a.parameters()]  # fmt: skip
-        for p, g in zip(a.parameters(), grads, strict=True):
-            p.grad = g.clone()
-        opt.step()
-        mine.step(grads)
-    for p, q in zip(a.parameters(), b.parameters(), strict=True):
-        assert torch.allclose(p, q, atol=1e-6)
 
 
 def test_fast_path_does_not_import_torch_dynamo() -> None:

@@ -130,6 +130,38 @@ def test_sequential_and_dp_clients_as_ray_tasks_are_bitwise_local(local_ray, dp)
     assert remote.describe()["client_tasks"]["tasks_per_round"] == [2, 2, 2]
 
 
+def test_vectorised_dp_clients_as_ray_tasks_are_bitwise_local(local_ray) -> None:
+    """The DP-SGD defense's vectorised engine (DefenseEngine, as a federated run builds it):
+    130 clients in three 64-client chunks over two tasks; each client's accountant history and
+    generator come back, so weights, noise and privacy spent are the local ones."""
+    import functools
+
+    from defenses.dp_sgd import DPSGD
+    from privlab.engine.ray_clients import RayClientEngine
+    from privlab.engine.vectorised_dp import VectorisedDPEngine
+    from privlab.topologies.base import DefenseEngine
+
+    sizes = [3 + (5 * k) % 9 for k in range(130)]
+    settings = TrainSettings(batch_size=4, lr=0.1, local_epochs=1)
+    model = _model()
+    spec = ComponentSpec(name="dp_sgd", params={"noise_multiplier": 1.1})
+    defense = DPSGD(spec, "defenses.0")
+    trainers = DefenseTrainers(defense, model, settings, planned_epochs=3)
+    fallback = functools.partial(
+        SequentialEngine, model=model, settings=settings, trainer_factory=trainers
+    )
+    build = DefenseEngine(defense, model, settings, 3, fallback)
+    shards_l, shards_r = _shards(sizes), _shards(sizes)
+    local = build(shards_l)
+    assert isinstance(local, VectorisedDPEngine)
+    remote = RayClientEngine(shards_r, build, 2, None)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    _rounds(local, remote, shards_l, shards_r, start, 3, sums=True)
+    assert remote.privacy() == local.privacy()
+    assert remote.privacy()["0"]["steps"] > 0
+    assert remote.describe()["client_tasks"]["tasks_per_round"][0] == 2
+
+
 def _without_tasks(results: dict) -> dict:
     out = strip_timing(results)
     for v in out["variants"].values():

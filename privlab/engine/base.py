@@ -54,6 +54,15 @@ class Engine(ABC):
             w = torch.tensor([coef[k] for k in chunk])
             yield chunk, {k: torch.tensordot(w.to(v.dtype), v, dims=1) for k, v in stacked.items()}
 
+    def chunks(self, ids: Sequence[int]) -> list[list[int]]:
+        """How `train` groups `ids`: each group trains as one unit (here one client at a time),
+        so whoever trains whole groups gets exactly the engine's own results."""
+        return [[k] for k in ids]
+
+    def accountant(self, k: int) -> Any | None:
+        """Client k's privacy accountant (Opacus-style, with a `history`), if it keeps one."""
+        return None
+
     def privacy(self) -> dict[str, dict[str, Any] | None]:
         """Privacy spent per client (None: no formal guarantee)."""
         return {str(s.client_id): None for s in self.shards}

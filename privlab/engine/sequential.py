@@ -72,6 +72,11 @@ class SequentialEngine(Engine):
             trained = trainer.model.state_dict()
             yield [k], {key: trained[key].detach() * coef[k] for key in keys}
 
+    def accountant(self, k: int) -> Any | None:
+        if self._trainers is None:
+            return None  # one shared worker: no per-client state beyond the generators
+        return getattr(self._trainers[k], "accountant", None)
+
     def privacy(self) -> dict[str, dict[str, Any] | None]:
         if self._trainers is None:
             return super().privacy()

@@ -146,6 +146,9 @@ class VectorisedEngine(Engine):
             self._stored = (stamp, (x, torch.cat([sh.y for sh in self.shards])))
         return self._stored[1]
 
+    def chunks(self, ids: Sequence[int]) -> list[list[int]]:
+        return list(self._chunks(ids))
+
     def _chunks(self, ids: Sequence[int]) -> Iterator[list[int]]:
         """Bucketing: similar step counts share a chunk, so few padded steps are wasted.
         Consumers index by client id, so order within and across chunks does not matter."""

@@ -117,6 +117,24 @@ class DefenseTrainers:
         )
 
 
+@dataclass(frozen=True)
+class DefenseEngine:
+    """The engine a local-training defense offers for all its clients at once (DP-SGD's
+    vectorised engine), else `fallback`: one trainer per client on the sequential engine."""
+
+    defense: LocalTrainingDefense
+    model: torch.nn.Module
+    settings: TrainSettings
+    planned_epochs: int
+    fallback: Callable[[list[ClientShard]], Engine]
+
+    def __call__(self, shards: list[ClientShard]) -> Engine:
+        engine = self.defense.make_engine(
+            shards, self.model, self.settings, planned_epochs=self.planned_epochs
+        )
+        return self.fallback(shards) if engine is None else engine
+
+
 @dataclass
 class RoundRecord:
     round: int
@@ -233,9 +251,9 @@ class Topology(ABC):
         return self.engine_builder()(shards)
 
     def engine_builder(self) -> Callable[[list[ClientShard]], Engine]:
-        """Vectorised where the model allows and no local-training defense keeps per-client
-        state; else the sequential reference (forced by the scenario's `engine`). A plain
-        picklable callable, so Ray tasks can build the same engine for their clients."""
+        """Vectorised where the model allows (under a local-training defense: the engine the
+        defense offers, e.g. DP-SGD's); else the sequential reference (forced by the scenario's
+        `engine`). A plain picklable callable, so Ray tasks can build the same engine."""
         import functools
 
         from privlab.engine.sequential import SequentialEngine
@@ -246,9 +264,12 @@ class Topology(ABC):
         if defense is not None:
             planned = self.spec.rounds * self.spec.local_epochs
             factory = DefenseTrainers(defense, ctx.model, self.settings, planned)
-            return functools.partial(
+            trainers = functools.partial(
                 SequentialEngine, model=ctx.model, settings=self.settings, trainer_factory=factory
             )
+            if ctx.scenario.engine == "auto":
+                return DefenseEngine(defense, ctx.model, self.settings, planned, trainers)
+            return trainers
         if ctx.scenario.engine == "auto" and VectorisedEngine.supports(ctx.model):
             return functools.partial(VectorisedEngine, model=ctx.model, settings=self.settings)
         return functools.partial(SequentialEngine, model=ctx.model, settings=self.settings)
