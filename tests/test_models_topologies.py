@@ -128,3 +128,23 @@ def test_fltrust_root_set_too_large_is_refused_before_training() -> None:
     )
     with pytest.raises(ScenarioError, match="root_size: at most half the test pool"):
         ScenarioRun(scenario)
+
+
+def test_evaluate_matches_cross_entropy_and_accuracy_over_blocks() -> None:
+    """evaluate's blockwise logsumexp loss and hit count against F.cross_entropy and argmax on
+    the whole set at once (2,500 records: three blocks, the last one short)."""
+    import torch
+    from torch.nn import functional as F
+
+    from privlab.training import EVAL_BLOCK, evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    x, y = torch.randn(2500, 8) * 3, torch.randint(0, 5, (2500,))
+    assert len(y) > 2 * EVAL_BLOCK
+    acc, loss = evaluate(model, x, y)
+    with torch.no_grad():
+        logits = model(x)
+    assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert acc == int((logits.argmax(1) == y).sum()) / len(y)
+    assert model.training  # left in the mode it was in

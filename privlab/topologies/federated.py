@@ -204,6 +204,11 @@ class FederatedTopology(Topology):
     def _broadcast(self, r: int, state: State, sampled: list[int]) -> None:
         """The global model to each sampled client; built as a message only where observed."""
         wire, unseen = self.ctx.wire, []
+        if not wire.observed:  # nobody watches anything: every message is only counted
+            wire.count_star(
+                r, SERVER, [client(k) for k in sampled], payload_bytes(state), outward=True
+            )
+            return
         for k in sampled:
             name = client(k)
             if wire.watched(r, SERVER, name, "global_model"):
@@ -249,12 +254,14 @@ class FederatedTopology(Topology):
         """Simulated round time: the slowest client's train + protect (e.g. encrypt) + its
         link's transfer time (topology.network), then the server's combine and reveal."""
         net = self.spec.network
+        if net is None:  # no links to simulate: the slowest client's compute
+            return max(self._client_seconds.values(), default=0.0) + self._server_seconds
         slowest = 0.0
         traffic = self.ctx.wire.traffic.get(r, {})
         for k, seconds in self._client_seconds.items():
             link = 0.0
             row = traffic.get(client(k))
-            if net is not None and row is not None:
+            if row is not None:
                 link = (
                     link_ms(
                         row[0],
