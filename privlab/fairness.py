@@ -27,11 +27,15 @@ from privlab.training import blockwise_logits
 BOOTSTRAP = 1000
 
 
-def correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    """Per-record correctness of the model's arg-max prediction."""
+def correct(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None
+) -> np.ndarray:
+    """Per-record correctness of the model's arg-max prediction (on those `rows` of x, y)."""
+    if rows is not None:
+        y = y[rows]
     if len(y) == 0:
         return np.zeros(0, dtype=bool)
-    pred = torch.cat([logits.argmax(dim=1) for logits in blockwise_logits(model, x)])
+    pred = torch.cat([logits.argmax(dim=1) for logits in blockwise_logits(model, x, rows)])
     return (pred == y).numpy()
 
 
@@ -114,7 +118,7 @@ def fairness_metrics(
     idx = torch.as_tensor(
         np.concatenate([np.asarray(c.holdout_idx, dtype=np.int64) for c in clients] or [[]])
     ).long()
-    all_hits = correct(model, tensors["x_train"][idx], tensors["y_train"][idx])
+    all_hits = correct(model, tensors["x_train"], tensors["y_train"], idx)
     # Hits per client in one pass (a client without held-out records is not scored).
     bounds = np.cumsum([0, *sizes])
     running = np.concatenate([[0], np.cumsum(all_hits, dtype=np.int64)])

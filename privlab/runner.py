@@ -342,9 +342,7 @@ class ScenarioRun:
             )
 
         members = torch.as_tensor(np.concatenate([c.train_idx for c in clients]))
-        _, train_loss = evaluate(
-            outcome.model, tensors["x_train"][members], tensors["y_train"][members]
-        )
+        _, train_loss = evaluate(outcome.model, tensors["x_train"], tensors["y_train"], members)
         attack_results = {}
         for done, attack in enumerate(attacks):
             if self.attack_progress is not None:

@@ -148,3 +148,7 @@ def test_evaluate_matches_cross_entropy_and_accuracy_over_blocks() -> None:
     assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
     assert acc == int((logits.argmax(1) == y).sum()) / len(y)
     assert model.training  # left in the mode it was in
+    rows = torch.randperm(2500)[:1500]
+    acc_r, loss_r = evaluate(model, x, y, rows)
+    assert loss_r == pytest.approx(F.cross_entropy(logits[rows], y[rows]).item(), rel=1e-5)
+    assert acc_r == int((logits[rows].argmax(1) == y[rows]).sum()) / len(rows)

@@ -37,7 +37,7 @@ from torch import nn
 
 from privlab.engine.base import Chunk, ClientShard, Engine, State, floating_keys
 from privlab.engine.permutations import epoch_permutations
-from privlab.engine.scratch import Scratch
+from privlab.engine.scratch import thread_scratch
 from privlab.engine.stacked_sgd import ChunkPlan, train_chunk
 from privlab.training import TrainSettings
 
@@ -103,7 +103,7 @@ class VectorisedEngine(Engine):
         self._steps = [settings.local_epochs * settings.steps_per_epoch(n) for n in self._sizes]
         self.chunk_size = chunk_size  # clients per chunk; None: by CHUNK_ROWS, CHUNK_PARAMETERS
         self._parameters = sum(p.numel() for p in model.parameters())
-        self._scratch = Scratch()
+        self._scratch = thread_scratch()
         self.record_space = record_space  # the first layer's form; None: the cheaper one
 
     @staticmethod
