@@ -28,3 +28,14 @@ def tiny_overrides() -> list[str]:
 
 
 pytest_plugins = ["pytester"]  # the privlab pytest plugin is tested in a pytest of its own
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 CPUs, as CI runs it (tests that use it skip without Ray)."""
+    ray = pytest.importorskip("ray")
+    from privlab.engine.ray_backend import start
+
+    start(None)
+    yield
+    ray.shutdown()

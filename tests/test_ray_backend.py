@@ -19,15 +19,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    from privlab.engine.ray_backend import start
-
-    start(None)  # a local Ray with 2 CPUs, as CI runs it
-    yield
-    ray.shutdown()
-
-
 def _both(name: str, overrides: list[str]) -> tuple[dict, dict]:
     local = ScenarioRun(load_scenario(name, overrides)).run()
     remote = ScenarioRun(load_scenario(name, [*overrides, 'backend="ray"'])).run()

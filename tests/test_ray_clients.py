@@ -29,15 +29,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    from privlab.engine.ray_backend import start
-
-    start(None)  # a local Ray with 2 CPUs, as CI runs it
-    yield
-    ray.shutdown()
-
-
 def _shards(sizes: list[int]) -> list[ClientShard]:
     g = torch.Generator().manual_seed(1)
     return [
