@@ -98,10 +98,8 @@ def _inference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
     h, previous = x, None
     for module in model:
-        if type(module) is nn.ReLU and type(previous) is nn.Linear:
-            h = h.relu_()
-        else:
-            h = module(h)
+        in_place = type(module) is nn.ReLU and type(previous) is nn.Linear
+        h = h.relu_() if in_place else module(h)
         previous = module
     return h
 
