@@ -63,11 +63,6 @@ class Wire:
         self.traffic: dict[int, dict[str, list[int]]] = defaultdict(dict)
         """Per round, per party: [bytes sent, bytes received, messages sent, received]."""
 
-    @property
-    def observed(self) -> bool:
-        """Whether anyone observes the wire at all."""
-        return bool(self._observers)
-
     def watched(self, round_: int, sender: str, receiver: str, kind: str) -> bool:
         """Whether any observer would see such a message: if not, a topology may skip building
         it and only `count` its bytes (the threat models decide on sender, receiver, kind)."""

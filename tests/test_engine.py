@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from engine_helpers import collect, make_shards
 from torch.nn import functional as F
 
 from privlab.engine.base import ClientShard
@@ -21,20 +22,11 @@ from privlab.engine.vectorised import VectorisedEngine, linear_stack
 from privlab.models import build_model
 from privlab.runner import ScenarioRun
 from privlab.scenario import ModelSpec, load_scenario
-from privlab.training import TrainSettings, seeded_generator
+from privlab.training import TrainSettings
 
 
 def _shards(sizes: list[int], seed: int = 0) -> list[ClientShard]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        ClientShard(
-            k,
-            torch.randn(n, 1, 12, generator=g),
-            torch.randint(0, 5, (n,), generator=g),
-            seeded_generator(seed, k, 7),
-        )
-        for k, n in enumerate(sizes)
-    ]
+    return make_shards(sizes, seed)
 
 
 def _model(hidden: list[int] | None = None, activation: str = "relu") -> torch.nn.Module:
@@ -63,14 +55,6 @@ def _plain_client(model, shard, s: TrainSettings, start) -> dict[str, torch.Tens
                 for p, a in zip(local.parameters(), anchor, strict=True):
                     p.sub_(p - a, alpha=s.lr * s.fedprox_mu)
     return {k: v.detach().clone() for k, v in local.state_dict().items()}
-
-
-def _collect(engine, start, ids) -> dict[int, dict[str, torch.Tensor]]:
-    out = {}
-    for chunk, stacked in engine.train(start, ids):
-        for i, k in enumerate(chunk):
-            out[k] = {key: v[i] for key, v in stacked.items()}
-    return out
 
 
 RECIPES = [
@@ -110,7 +94,7 @@ def test_sequential_engine_equals_a_plain_loop_per_client_bitwise(settings) -> N
     engine = SequentialEngine(_shards(sizes), model, settings)
     refs = _shards(sizes)  # same seeds: the same generator streams
     for _ in range(2):  # generators carry over between rounds
-        got = _collect(engine, start, [0, 1, 2, 3])
+        got = collect(engine, start, [0, 1, 2, 3])
         for k in range(len(sizes)):
             want = _plain_client(model, refs[k], settings, start)
             for key in want:
@@ -136,7 +120,7 @@ def test_vectorised_engine_matches_sequential(
     vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=3, record_space=record_space)
     ids = [0, 2, 3, 4, 5, 6]  # a sampled subset; client 1 sits out
     for _ in range(2):
-        want, got = _collect(seq, start, ids), _collect(vec, start, ids)
+        want, got = collect(seq, start, ids), collect(vec, start, ids)
         assert sorted(got) == ids
         for k in ids:
             for key in want[k]:
@@ -226,7 +210,7 @@ def test_train_sums_is_the_weighted_sum_of_trained_weights(
     vec = VectorisedEngine(_shards(sizes), model, settings, chunk_size=2, record_space=record_space)
     ids = [0, 1, 3, 4]
     coef = {k: (k + 1) / 10 for k in ids}
-    trained = _collect(seq, start, ids)
+    trained = collect(seq, start, ids)
     want = {key: sum(coef[k] * w[key] for k, w in trained.items()) for key in start}
     got = {key: torch.zeros_like(v) for key, v in start.items()}
     seen = []
@@ -270,7 +254,7 @@ def test_vectorised_engine_reads_shards_rewritten_in_place() -> None:
             for shards in (seq_shards, vec_shards):
                 shards[1].y.copy_((shards[1].y + 1) % 5)
                 shards[2].x.mul_(-1)
-        want, got = _collect(seq, start, [0, 1, 2]), _collect(vec, start, [0, 1, 2])
+        want, got = collect(seq, start, [0, 1, 2]), collect(vec, start, [0, 1, 2])
         for k in want:
             for key in want[k]:
                 torch.testing.assert_close(got[k][key], want[k][key], rtol=1e-5, atol=1e-6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_helpers import make_shards
 
 from privlab.engine.base import ClientShard
 from privlab.engine.sequential import SequentialEngine
@@ -19,7 +20,7 @@ from privlab.results import strip_timing
 from privlab.runner import ScenarioRun
 from privlab.scenario import ComponentSpec, ModelSpec, load_scenario
 from privlab.topologies.base import DefenseTrainers
-from privlab.training import TrainSettings, seeded_generator
+from privlab.training import TrainSettings
 
 ray = pytest.importorskip("ray")
 
@@ -30,16 +31,7 @@ pytestmark = [
 
 
 def _shards(sizes: list[int]) -> list[ClientShard]:
-    g = torch.Generator().manual_seed(1)
-    return [
-        ClientShard(
-            k,
-            torch.randn(n, 1, 12, generator=g),
-            torch.randint(0, 5, (n,), generator=g),
-            seeded_generator(0, k, 7),
-        )
-        for k, n in enumerate(sizes)
-    ]
+    return make_shards(sizes, data_seed=1)
 
 
 def _model() -> torch.nn.Module:

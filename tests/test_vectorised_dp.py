@@ -11,6 +11,7 @@ import copy
 
 import pytest
 import torch
+from engine_helpers import collect, make_shards
 
 from privlab.defenses.dp_sgd import DPSGD, DPSGDTrainer, FastDPSGDTrainer
 from privlab.engine.base import ClientShard
@@ -19,22 +20,13 @@ from privlab.engine.vectorised_dp import VectorisedDPEngine
 from privlab.models import build_model
 from privlab.runner import ScenarioRun
 from privlab.scenario import ComponentSpec, ModelSpec, load_scenario
-from privlab.training import TrainSettings, seeded_generator
+from privlab.training import TrainSettings
 
 SIZES = [23, 9, 31, 9, 16]  # unequal: different steps per epoch, some epochs unaligned
 
 
 def _shards(sizes: list[int], seed: int = 0) -> list[ClientShard]:
-    g = torch.Generator().manual_seed(seed)
-    return [
-        ClientShard(
-            k,
-            torch.randn(n, 1, 12, generator=g) * 2,
-            torch.randint(0, 5, (n,), generator=g),
-            seeded_generator(seed, k, 7),
-        )
-        for k, n in enumerate(sizes)
-    ]
+    return make_shards(sizes, seed, scale=2)
 
 
 def _model(activation: str = "relu") -> torch.nn.Module:
@@ -46,14 +38,6 @@ def _model(activation: str = "relu") -> torch.nn.Module:
 def _defense(**params: object) -> DPSGD:
     spec = ComponentSpec(name="dp_sgd", params={"accountant": "rdp", **params})
     return DPSGD(spec, "defenses.0")
-
-
-def _collect(engine, start, ids) -> dict[int, dict[str, torch.Tensor]]:
-    out = {}
-    for chunk, stacked in engine.train(start, ids):
-        for i, k in enumerate(chunk):
-            out[k] = {key: v[i] for key, v in stacked.items()}
-    return out
 
 
 def _sequential(defense: DPSGD, model, settings, shards, planned: int) -> SequentialEngine:
@@ -91,7 +75,7 @@ def test_vectorised_dp_equals_sequential_fast_trainers(
     assert all(isinstance(seq.trainer(k), FastDPSGDTrainer) for k in range(len(SIZES)))
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for ids in (list(range(len(SIZES))), [4, 0, 2]):
-        ours, ref = _collect(vec, start, ids), _collect(seq, start, ids)
+        ours, ref = collect(vec, start, ids), collect(seq, start, ids)
         assert sorted(ours) == sorted(ids)
         for k in ids:
             for key, v in ref[k].items():
@@ -123,7 +107,7 @@ def test_vectorised_dp_equals_opacus_trainers_and_train_sums_is_their_mean() -> 
     assert isinstance(ref.trainer(0), DPSGDTrainer)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ids = list(range(len(SIZES)))
-    ours, theirs = _collect(vec, start, ids), _collect(ref, start, ids)
+    ours, theirs = collect(vec, start, ids), collect(ref, start, ids)
     for k in ids:
         for key, v in theirs[k].items():
             assert torch.allclose(ours[k][key], v, rtol=1e-4, atol=1e-5), (k, key)
@@ -206,7 +190,7 @@ def test_clients_with_one_record_or_none(sizes: list[int]) -> None:
     seq = _sequential(defense, model, settings, _shards(sizes), 2)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ids = list(range(len(sizes)))
-    ours, ref = _collect(vec, start, ids), _collect(seq, start, ids)
+    ours, ref = collect(vec, start, ids), collect(seq, start, ids)
     for k in ids:
         for key, v in ref[k].items():
             assert torch.allclose(ours[k][key], v, rtol=1e-4, atol=1e-6), (k, key)

@@ -121,7 +121,7 @@ class VectorisedEngine(Engine):
 
     def train(self, start: State, ids: Sequence[int]) -> Iterator[Chunk]:
         store = self._store()
-        for chunk in self._chunks(ids):
+        for chunk in self.chunks(ids):
             yield chunk, self._train_chunk(start, chunk, store)
 
     def train_each(self, starts: State, ids: Sequence[int]) -> Iterator[Chunk]:
@@ -129,7 +129,7 @@ class VectorisedEngine(Engine):
         `starts`): many independent runs at once, as reference models for LiRA train."""
         row = {k: i for i, k in enumerate(ids)}
         store = self._store()
-        for chunk in self._chunks(ids):
+        for chunk in self.chunks(ids):
             rows = torch.tensor([row[k] for k in chunk])
             own = {key: t[rows] for key, t in starts.items()}
             yield chunk, self._train_chunk(own, chunk, store, own=True)
@@ -147,17 +147,13 @@ class VectorisedEngine(Engine):
         return self._stored[1]
 
     def chunks(self, ids: Sequence[int]) -> list[list[int]]:
-        return list(self._chunks(ids))
-
-    def _chunks(self, ids: Sequence[int]) -> Iterator[list[int]]:
         """Bucketing: similar step counts share a chunk, so few padded steps are wasted.
         Consumers index by client id, so order within and across chunks does not matter."""
         steps = self._steps
         order = sorted(ids, key=lambda k: (-steps[k], k))
         if self.chunk_size is not None:
-            for i in range(0, len(order), self.chunk_size):
-                yield order[i : i + self.chunk_size]
-            return
+            return [order[i : i + self.chunk_size] for i in range(0, len(order), self.chunk_size)]
+        out: list[list[int]] = []
         most = max(1, CHUNK_PARAMETERS // self._parameters)
         rows = sum(self._sizes[k] + 1 for k in order)
         budget = -(-rows // max(1, -(-rows // CHUNK_ROWS)))  # balanced: equal chunks, not a tail
@@ -166,18 +162,17 @@ class VectorisedEngine(Engine):
         for k in order:
             wide = max(widest, self._sizes[k] + 1)
             if chunk and (len(chunk) == most or (len(chunk) + 1) * wide > budget):
-                yield chunk
+                out.append(chunk)
                 chunk, wide = [], self._sizes[k] + 1
             chunk.append(k)
             widest = wide
-        if chunk:
-            yield chunk
+        return [*out, chunk] if chunk else out
 
     def train_sums(
         self, start: State, ids: Sequence[int], coef: dict[int, float]
     ) -> Iterator[Chunk]:
         store = self._store()
-        for chunk in self._chunks(ids):
+        for chunk in self.chunks(ids):
             w = torch.tensor([coef[k] for k in chunk], dtype=start[self.arch.keys[0]].dtype)
             yield chunk, self._train_chunk(start, chunk, store, w)
 

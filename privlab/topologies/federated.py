@@ -204,11 +204,6 @@ class FederatedTopology(Topology):
     def _broadcast(self, r: int, state: State, sampled: list[int]) -> None:
         """The global model to each sampled client; built as a message only where observed."""
         wire, unseen = self.ctx.wire, []
-        if not wire.observed:  # nobody watches anything: every message is only counted
-            wire.count_star(
-                r, SERVER, [client(k) for k in sampled], payload_bytes(state), outward=True
-            )
-            return
         for k in sampled:
             name = client(k)
             if wire.watched(r, SERVER, name, "global_model"):
