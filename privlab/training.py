@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from privlab import gemm
 from privlab.engine.sgd import proximal_update, sgd_update
 
 State = dict[str, torch.Tensor]
@@ -92,15 +93,22 @@ def blockwise_logits(
 
 
 def _inference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """model(x) without autograd; in a Sequential, a ReLU right after a Linear layer runs in
-    place on that layer's fresh output (one block of activations fewer per layer)."""
+    """model(x) without autograd; in a Sequential, each Linear layer runs through
+    privlab.gemm.linear, with a ReLU right after it fused into the product."""
     if not isinstance(model, nn.Sequential) or model._forward_hooks or model._forward_pre_hooks:
         return model(x)
-    h, previous = x, None
-    for module in model:
-        in_place = type(module) is nn.ReLU and type(previous) is nn.Linear
-        h = h.relu_() if in_place else module(h)
-        previous = module
+    modules = list(model)
+    plain = [not (m._forward_hooks or m._forward_pre_hooks) for m in modules]
+    h, i = x, 0
+    while i < len(modules):
+        module = modules[i]
+        if type(module) is nn.Linear and plain[i]:
+            relu = i + 1 < len(modules) and type(modules[i + 1]) is nn.ReLU and plain[i + 1]
+            h = gemm.linear(h, module.weight, module.bias, relu=relu)
+            i += 2 if relu else 1
+            continue
+        h = module(h)
+        i += 1
     return h
 
 

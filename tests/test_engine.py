@@ -197,7 +197,16 @@ def test_epoch_permutations_are_torch_randperm_bitwise(sizes: list[int]) -> None
 
 
 @pytest.mark.parametrize("record_space", [False, True])
-@pytest.mark.parametrize("settings", [RECIPES[1], RECIPES[3], RECIPES[4]])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        RECIPES[0],
+        RECIPES[1],
+        RECIPES[3],
+        RECIPES[4],
+        TrainSettings(batch_size=4, lr=0.1, local_epochs=2, fedprox_mu=0.3),  # plain + proximal
+    ],
+)
 @pytest.mark.parametrize("sizes", [UNEQUAL[:5], EQUAL[:5]])
 def test_train_sums_is_the_weighted_sum_of_trained_weights(
     settings, record_space, sizes: list[int]

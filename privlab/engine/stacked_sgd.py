@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from privlab import gemm
 from privlab.engine.scratch import Scratch
 from privlab.engine.sgd import proximal_update, sgd_update
 from privlab.training import TrainSettings
@@ -126,7 +127,7 @@ class RecordSpaceLinear:
         self.n1, self.w0, self.b0, self.x = n1, w0, b0, plan.x.view(m, n1, d)
         self.real = plan.real.view(m, n1, 1)
         # Every record times the start weights, plus the start bias: [m * n1, out].
-        self.xw = torch.addmm(b0, plan.x, w0.t(), out=scratch.take("xw", (m * n1, o), w0.dtype))
+        self.xw = gemm.linear(plan.x, w0, b0)
         gram = torch.baddbmm(self.real * self.real.transpose(1, 2), self.x, self.x.transpose(1, 2))
         self.gram = gram.view(m * n1, n1)
         self.coef = scratch.zeros("coef", (m, n1, o), w0.dtype)
@@ -182,15 +183,18 @@ class RecordSpaceLinear:
 
     def weighted_sum(self, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """sum_i coef_i [W_i | b_i] = (sum_i coef_i alpha_i) [W0 | b0] + (coef * C)^T [X | r]
-        over all clients' records at once: one large matrix product, no per-client weights."""
+        over all clients' records at once: one large matrix product, no per-client weights
+        (computed as its transpose [X | r]^T (coef * C), the faster layout for oneDNN)."""
         m, n1, o = self.coef.shape
+        d = self.x.shape[2]
         c = self.coef.view(m * n1, o)
         per_row = coef.repeat_interleave(n1)  # scale the (narrower) records, not C
         beta = float(coef @ self.alpha.view(m))
-        x = self.x.reshape(m * n1, -1)
-        x = torch.mul(x, per_row.unsqueeze(1), out=self.scratch.take("xs", x.shape, x.dtype))
-        w = torch.addmm(self.w0, c.t(), x, beta=beta)
-        return w, torch.addmv(self.b0, c.t(), self.real.view(-1) * per_row, beta=beta)
+        xr = self.scratch.take("xs", (d + 1, m * n1), c.dtype)  # [X | r]^T, rows scaled
+        torch.mul(self.x.reshape(m * n1, d).t(), per_row, out=xr[:d])
+        torch.mul(self.real.view(-1), per_row, out=xr[d])
+        wb = gemm.linear(xr, c.t())  # [d + 1, out]
+        return wb[:d].t().add_(self.w0, alpha=beta), wb[d].add_(self.b0, alpha=beta)
 
 
 def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> torch.Tensor:
@@ -198,8 +202,7 @@ def _linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, shared: bool) -> 
     state, before the first step) is one large matrix product instead of m small ones."""
     if shared:
         m, bsz, d = h.shape
-        h2 = h.reshape(m * bsz, d)
-        return torch.addmm(b[0], h2, w[0].t()).view(m, bsz, -1)
+        return gemm.linear(h.reshape(m * bsz, d), w[0], b[0]).view(m, bsz, -1)
     if w.shape[1] <= 32:  # narrow: W h^T is the faster batched product too (about 2.4x)
         return torch.bmm(w, h.transpose(1, 2)).transpose(1, 2).add_(b.unsqueeze(1))
     return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
@@ -211,9 +214,8 @@ def _back_linear(
     """The gradient reaching the layer's input: dz [m, B, out] times w [m|1, out, in]
     (written into `out` [m, B, in] when given)."""
     m, bsz, o = dz.shape
-    if shared:
-        flat = None if out is None else out.view(m * bsz, -1)
-        return torch.mm(dz.reshape(m * bsz, o), w[0], out=flat).view(m, bsz, -1)
+    if shared:  # a new tensor: oneDNN's product writes no `out`
+        return gemm.linear(dz.reshape(m * bsz, o), w[0].t()).view(m, bsz, -1)
     return torch.bmm(dz, w, out=out)
 
 
@@ -260,9 +262,11 @@ def train_chunk(
         weights = {n: start[f"{n}.weight"].detach().unsqueeze(0) for n in dense}
         biases = {n: start[f"{n}.bias"].detach().unsqueeze(0) for n in dense}
     buffers: list[torch.Tensor | None] = []
+    late: dict[str, torch.Tensor] = {}  # last steps' updates folded into the weighted sum
     minus = plan.x.new_full((plan.m, plan.rows_per_step(), 1), -1.0)  # the one-hot's -1
     for step, mt in enumerate(plan.active):
         shared = step == 0 and not own  # the start is still one [1, ...] copy
+        last = step == plan.steps() - 1
         rows = plan.rows(step, mt)
         params, grads = [], []  # unfused: collected for one sgd_update over all layers
         inputs: dict[int, torch.Tensor] = {}
@@ -297,7 +301,7 @@ def train_chunk(
                 continue
             if i == 0 and rs is not None:
                 if fused:
-                    rs.sgd_step(dz, rows, s.lr, last=step == plan.steps() - 1)
+                    rs.sgd_step(dz, rows, s.lr, last=last)
                 else:
                     params += [rs.alpha[:mt], rs.coef[:mt]]
                     grads += [torch.zeros_like(rs.alpha[:mt]), rs.grad(dz, rows)]
@@ -317,6 +321,8 @@ def train_chunk(
                 weights[name] = torch.baddbmm(
                     w.expand(mt, -1, -1), dzt, inputs[i], alpha=-s.lr, out=into
                 )
+            elif last and coef is not None and s.fedprox_mu == 0:  # only sum_i coef_i W_i leaves
+                late[name] = _summed_step(dz, inputs[i], coef[:mt], s.lr)
             else:
                 w.baddbmm_(dzt, inputs[i], alpha=-s.lr)
             if fused and shared:
@@ -343,10 +349,20 @@ def train_chunk(
     out |= {f"{n}.weight": w for n, w in weights.items()}
     if coef is not None:
         out = {k: torch.tensordot(coef, v, dims=1) for k, v in out.items()}
+        for name, step_sum in late.items():
+            out[f"{name}.weight"].add_(step_sum)
     if rs is not None:
         w1, b1 = rs.weights(scaled) if coef is None else rs.weighted_sum(coef)
         out[f"{first}.weight"], out[f"{first}.bias"] = w1, b1
     return out
+
+
+def _summed_step(dz: torch.Tensor, h: torch.Tensor, coef: torch.Tensor, lr: float) -> torch.Tensor:
+    """sum_i coef_i (-lr dz_i^T h_i) over the clients' SGD steps on one layer's weight, as one
+    product over every batch row ([out, rows] x [rows, in]) instead of m small ones."""
+    o, d = dz.shape[2], h.shape[2]
+    scaled = (dz * (coef * -lr).view(-1, 1, 1)).reshape(-1, o)
+    return gemm.linear(scaled.t(), h.reshape(-1, d).t())
 
 
 def _proximal(ops, rs, weights, biases, start, mt: int, s: TrainSettings, own: bool) -> None:

@@ -41,7 +41,7 @@ from privlab.engine.scratch import thread_scratch
 from privlab.engine.stacked_sgd import ChunkPlan, train_chunk
 from privlab.training import TrainSettings
 
-CHUNK_ROWS = 8192
+CHUNK_ROWS = 2048
 CHUNK_PARAMETERS = 16_000_000
 
 
