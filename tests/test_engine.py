@@ -267,3 +267,22 @@ def test_vectorised_engine_reads_shards_rewritten_in_place() -> None:
         for k in want:
             for key in want[k]:
                 torch.testing.assert_close(got[k][key], want[k][key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sizes", [[12] * 1000, [3, 40, 7, 12, 25] * 300])
+def test_chunks_are_balanced_and_within_the_limits(sizes: list[int]) -> None:
+    """Every client in exactly one chunk; chunks of near-equal rows under CHUNK_ROWS and
+    CHUNK_PARAMETERS, with no short tail (1,000 equal clients: 7 chunks of 142-143, not
+    7 of 142 and one of 6)."""
+    from privlab.engine import vectorised
+
+    vec = VectorisedEngine(_shards(sizes), _model(), RECIPES[3])
+    chunks = vec.chunks(range(len(sizes)))
+    assert sorted(k for c in chunks for k in c) == list(range(len(sizes)))
+    rows = [sum(sizes[k] + 1 for k in c) for c in chunks]
+    assert max(rows) <= vectorised.CHUNK_ROWS + max(sizes)
+    assert max(rows) - min(rows) <= 2 * max(sizes) + 2
+    if len(set(sizes)) == 1:
+        assert max(map(len, chunks)) - min(map(len, chunks)) <= 1
+    params = sum(p.numel() for p in _model().parameters())
+    assert max(map(len, chunks)) * params <= max(vectorised.CHUNK_PARAMETERS, params)

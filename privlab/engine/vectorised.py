@@ -153,20 +153,18 @@ class VectorisedEngine(Engine):
         order = sorted(ids, key=lambda k: (-steps[k], k))
         if self.chunk_size is not None:
             return [order[i : i + self.chunk_size] for i in range(0, len(order), self.chunk_size)]
-        out: list[list[int]] = []
+        if not order:
+            return []
+        widths = [self._sizes[k] + 1 for k in order]
+        rows = sum(widths)
         most = max(1, CHUNK_PARAMETERS // self._parameters)
-        rows = sum(self._sizes[k] + 1 for k in order)
-        budget = -(-rows // max(1, -(-rows // CHUNK_ROWS)))  # balanced: equal chunks, not a tail
-        chunk: list[int] = []
-        widest = 0
-        for k in order:
-            wide = max(widest, self._sizes[k] + 1)
-            if chunk and (len(chunk) == most or (len(chunk) + 1) * wide > budget):
-                out.append(chunk)
-                chunk, wide = [], self._sizes[k] + 1
-            chunk.append(k)
-            widest = wide
-        return [*out, chunk] if chunk else out
+        count = max(-(-rows // CHUNK_ROWS), -(-len(order) // most))
+        out: list[list[int]] = [[] for _ in range(count)]
+        before = 0
+        for k, width in zip(order, widths, strict=True):  # by rows: equal chunks, no short tail
+            out[before * count // rows].append(k)
+            before += width
+        return [c[i : i + most] for c in out for i in range(0, len(c), most)]
 
     def train_sums(
         self, start: State, ids: Sequence[int], coef: dict[int, float]
