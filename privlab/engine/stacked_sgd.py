@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from privlab import gemm
+from privlab.engine import fused_kernel
 from privlab.engine.scratch import Scratch
 from privlab.engine.sgd import proximal_update, sgd_update
 from privlab.training import TrainSettings
@@ -249,6 +250,9 @@ def train_chunk(
     scratch = scratch or Scratch()
     rs = RecordSpaceLinear(w0, b0, plan, scratch) if record_space else None
     fused_act = rs is not None and fused and not scaled and plan.flat is None and len(ops) > 1
+    if fused_act and _kernel_applies(ops, w0, plan):
+        assert rs is not None
+        return _kernel_chunk(ops, s, start, plan, rs, coef)
     if fused_act:  # the first layer's activation straight from the tracked pre-activations
         assert rs is not None and ops[1][0] == "act"
         rs.track()
@@ -355,6 +359,56 @@ def train_chunk(
         w1, b1 = rs.weights(scaled) if coef is None else rs.weighted_sum(coef)
         out[f"{first}.weight"], out[f"{first}.bias"] = w1, b1
     return out
+
+
+def _kernel_applies(ops: tuple[tuple[str, str], ...], w0: torch.Tensor, plan: ChunkPlan) -> bool:
+    """The compiled kernel's case: Linear, ReLU, Linear in float32, every client on every step
+    (full batches; the caller checked plain SGD and record space)."""
+    if [k for k, _ in ops] != ["linear", "act", "linear"] or ops[1][1] != "relu":
+        return False
+    if w0.dtype != torch.float32 or any(a != plan.m for a in plan.active):
+        return False
+    return fused_kernel.available()
+
+
+def _kernel_chunk(
+    ops: tuple[tuple[str, str], ...],
+    s: TrainSettings,
+    start: dict[str, torch.Tensor],
+    plan: ChunkPlan,
+    rs: RecordSpaceLinear,
+    coef: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """train_chunk's result through privlab.engine.fused_kernel."""
+    first, name = ops[0][1], ops[2][1]
+    w2, b2 = start[f"{name}.weight"].detach(), start[f"{name}.bias"].detach()
+    m, n1 = plan.m, plan.n1
+    args = dict(
+        pre=rs.xw,
+        gram=rs.gram,
+        coef=rs.coef,
+        w2=w2.contiguous(),
+        b2=b2.contiguous(),
+        labels=plan.y.reshape(m, n1).contiguous(),
+        weight=plan.weight.reshape(m, n1).contiguous(),
+        steps=plan.steps(),
+        lr=s.lr,
+    )
+    if coef is None:
+        w2_out, b2_out = w2.new_empty(m, *w2.shape), b2.new_empty(m, *b2.shape)
+        fused_kernel.full_batch_sgd(**args, w2_out=w2_out, b2_out=b2_out)
+        w1, b1 = rs.weights(False)
+    else:
+        w2_out, b2_out = torch.zeros_like(w2), torch.zeros_like(b2)
+        c = coef.to(torch.float32).contiguous()
+        fused_kernel.full_batch_sgd(**args, client_coef=c, w2_sum=w2_out, b2_sum=b2_out)
+        w1, b1 = rs.weighted_sum(coef)
+    return {
+        f"{first}.weight": w1,
+        f"{first}.bias": b1,
+        f"{name}.weight": w2_out,
+        f"{name}.bias": b2_out,
+    }
 
 
 def _summed_step(dz: torch.Tensor, h: torch.Tensor, coef: torch.Tensor, lr: float) -> torch.Tensor:

@@ -35,6 +35,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from privlab.engine import fused_kernel
 from privlab.engine.base import Chunk, ClientShard, Engine, State, floating_keys
 from privlab.engine.permutations import epoch_permutations
 from privlab.engine.scratch import thread_scratch
@@ -111,7 +112,13 @@ class VectorisedEngine(Engine):
         return linear_stack(model) is not None
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "chunk_size": self.chunk_size or f"{CHUNK_ROWS} rows"}
+        return {
+            "name": self.name,
+            "chunk_size": self.chunk_size or f"{CHUNK_ROWS} rows",
+            # whether this machine compiled privlab.engine.fused_kernel (full-batch plain SGD of
+            # Linear-ReLU-Linear models runs through it there)
+            "compiled_kernel_available": fused_kernel.available(),
+        }
 
     def num_samples(self, k: int) -> int:
         return self._sizes[k]
