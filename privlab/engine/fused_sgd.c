@@ -101,15 +101,51 @@ static void logits_grad(float *restrict dz, const float *restrict h, const float
     }
 }
 
-/* out[r, :] = base[r, :] + sum_s a[r, s] x[s, :] for r < rows, four blocks of LANES hidden
- * units at a time held in registers (four independent chains of multiply-adds), then single
- * blocks, then single units (base may be out or NULL; a is [rows, terms], x is [terms, o]). */
+typedef int32_t ivec __attribute__((vector_size(4 * LANES)));
+
+/* Where the epilogue of `combine` sends each finished block of outputs. */
+struct epilogue {
+    float *relu;        /* also store max(out, 0) here (the next step's H), or NULL */
+    const float *mask;  /* keep out only where mask > 0 (ReLU's backward), or NULL */
+    float *sum;         /* with mask: sum += -lr * out (C), else unused */
+    float lr;
+};
+
+static inline vec keep_where_positive(vec v, vec m) {
+    const vec zero = {0};
+    return (vec)((ivec)v & (ivec)(m > zero));
+}
+
+static inline void finish(float *out, size_t at, vec acc, const struct epilogue *e) {
+    if (e && e->mask) {
+        acc = keep_where_positive(acc, load(e->mask + at));
+        store(e->sum + at, load(e->sum + at) - e->lr * acc);
+    }
+    store(out + at, acc);
+    if (e && e->relu) store(e->relu + at, keep_where_positive(acc, acc));
+}
+
+static inline float finish1(float *out, size_t at, float acc, const struct epilogue *e) {
+    if (e && e->mask) {
+        acc = e->mask[at] > 0.0f ? acc : 0.0f;
+        e->sum[at] -= e->lr * acc;
+    }
+    out[at] = acc;
+    if (e && e->relu) e->relu[at] = acc > 0.0f ? acc : 0.0f;
+    return acc;
+}
+
+/* out[r, :] = base[r, :] + sum_s a[r, s] x[s, :] for r < rows, then the epilogue, four blocks
+ * of LANES hidden units at a time held in registers (four independent chains of
+ * multiply-adds), then single blocks, then single units (base may be out or NULL; a is
+ * [rows, terms], x is [terms, o]). */
 static void combine(float *out, const float *base, const float *restrict a,
-                    const float *restrict x, int rows, int terms, int o) {
+                    const float *restrict x, int rows, int terms, int o,
+                    const struct epilogue *e) {
     for (int r = 0; r < rows; r++) {
         const float *ar = a + (size_t)r * terms;
-        float *orow = out + (size_t)r * o;
-        const float *brow = base ? base + (size_t)r * o : NULL;
+        size_t row = (size_t)r * o;
+        const float *brow = base ? base + row : NULL;
         int i = 0;
         for (; i + 4 * LANES <= o; i += 4 * LANES) {
             vec c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
@@ -127,21 +163,21 @@ static void combine(float *out, const float *base, const float *restrict a,
                 c2 += c * load(xs + 2 * LANES);
                 c3 += c * load(xs + 3 * LANES);
             }
-            store(orow + i, c0);
-            store(orow + i + LANES, c1);
-            store(orow + i + 2 * LANES, c2);
-            store(orow + i + 3 * LANES, c3);
+            finish(out, row + i, c0, e);
+            finish(out, row + i + LANES, c1, e);
+            finish(out, row + i + 2 * LANES, c2, e);
+            finish(out, row + i + 3 * LANES, c3, e);
         }
         for (; i + LANES <= o; i += LANES) {
             vec c0 = {0};
             if (brow) c0 = load(brow + i);
             for (int s = 0; s < terms; s++) c0 += ar[s] * load(x + (size_t)s * o + i);
-            store(orow + i, c0);
+            finish(out, row + i, c0, e);
         }
         for (; i < o; i++) {
             float acc = brow ? brow[i] : 0.0f;
             for (int s = 0; s < terms; s++) acc += ar[s] * x[(size_t)s * o + i];
-            orow[i] = acc;
+            finish1(out, row + i, acc, e);
         }
     }
 }
@@ -185,11 +221,9 @@ int privlab_fused_full_batch_sgd(
         relu(h, p, ho);
         for (int t = 0; t < steps; t++) {
             logits_grad(dz, h, w2, b2, labels + (size_t)c * n1, weight + (size_t)c * n1, n1, o, k);
-            combine(da, NULL, dz, w2, n1, k, o);  /* dH = dZ W2, before W2 moves */
-            for (size_t i = 0; i < ho; i++) {     /* ReLU's backward; C -= lr dA */
-                da[i] = h[i] > 0.0f ? da[i] : 0.0f;
-                cc[i] -= lr * da[i];
-            }
+            /* dA = (dZ W2) * (H > 0), with W2 before the step; C -= lr dA */
+            struct epilogue backward = {NULL, h, cc, lr};
+            combine(da, NULL, dz, w2, n1, k, o, &backward);
             for (int j = 0; j < k; j++) {
                 float gb = 0.0f;
                 for (int r = 0; r < n1; r++) {
@@ -198,10 +232,10 @@ int privlab_fused_full_batch_sgd(
                 }
                 b2[j] -= lr * gb;
             }
-            combine(w2, w2, dzt, h, k, n1, o);  /* W2 -= lr dZ^T H */
-            if (t + 1 < steps) {
-                combine(p, p, ga, da, n1, n1, o);  /* P -= lr G dA */
-                relu(h, p, ho);
+            combine(w2, w2, dzt, h, k, n1, o, NULL);  /* W2 -= lr dZ^T H */
+            if (t + 1 < steps) {  /* P -= lr G dA, and the next step's H = relu(P) */
+                struct epilogue forward = {h, NULL, NULL, 0.0f};
+                combine(p, p, ga, da, n1, n1, o, &forward);
             }
         }
         if (w2_out) {
