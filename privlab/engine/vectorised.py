@@ -28,6 +28,7 @@ default, paid more per-step dispatch).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -37,9 +38,10 @@ from torch import nn
 
 from privlab.engine import fused_kernel
 from privlab.engine.base import Chunk, ClientShard, Engine, State, floating_keys
+from privlab.engine.chunk_plan import ChunkPlan
 from privlab.engine.permutations import epoch_permutations
 from privlab.engine.scratch import thread_scratch
-from privlab.engine.stacked_sgd import ChunkPlan, train_chunk
+from privlab.engine.stacked_sgd import train_chunk
 from privlab.training import TrainSettings
 
 CHUNK_ROWS = 2048
@@ -95,7 +97,7 @@ class VectorisedEngine(Engine):
         super().__init__(shards)
         self._sizes = [sh.num_samples for sh in shards]
         self._offsets = torch.tensor([0, *self._sizes]).cumsum(0)[:-1]
-        self._stored: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._stored: tuple[tuple[list, list], tuple[torch.Tensor, torch.Tensor]] | None = None
         arch = linear_stack(model)
         if arch is None:
             raise ValueError("the vectorised engine needs a Flatten-Linear-activation model")
@@ -145,8 +147,9 @@ class VectorisedEngine(Engine):
         """Every client's records in one tensor, so that a chunk's padded block is one gather;
         rebuilt when a shard's tensors changed (an attack may rewrite them in place between
         rounds: torch counts in-place writes in each tensor's version)."""
-        stamp = tuple((id(sh.x), sh.x._version, id(sh.y), sh.y._version) for sh in self.shards)
-        if self._stored is None or self._stored[0] != stamp:
+        tensors = [sh.x for sh in self.shards] + [sh.y for sh in self.shards]
+        stamp = (tensors, [t._version for t in tensors])  # lists: 4x a tuple per shard
+        if self._stored is None or not _same_stamp(self._stored[0], stamp):
             x = torch.cat(
                 [sh.x.reshape(n, -1) for sh, n in zip(self.shards, self._sizes, strict=True)]
             )
@@ -269,3 +272,8 @@ class VectorisedEngine(Engine):
                 tiled = t.unsqueeze(0).repeat(len(chunk), *[1] * t.dim())
                 out[k] = tiled if coef is None else t * coef.sum()
         return out
+
+
+def _same_stamp(a: tuple[list, list], b: tuple[list, list]) -> bool:
+    """The same tensor objects, none written in place since."""
+    return len(a[0]) == len(b[0]) and all(map(operator.is_, a[0], b[0])) and a[1] == b[1]
