@@ -8,8 +8,9 @@ round's clients out as a few Ray tasks, each training its group with that same i
   vectorised engine's store checks); the round's start state is put once per round;
 - groups are whole chunks of the inner engine (the vectorised engine's chunks of about
   CHUNK_ROWS records; one client for the sequential engine) and each chunk trains exactly as
-  locally, on the driver's torch thread count, so every chunk's stacked weights or weighted sums are bitwise
-  the local ones and are yielded in the local order (FedAvg's sum is then the same sum);
+  locally, on the driver's torch thread count, so every chunk's stacked weights or weighted
+  sums are bitwise the local ones and are yielded in the local order (FedAvg's sum is then
+  the same sum);
 - generators carry state across rounds (`ClientShard.generator`): a task starts each client's
   generator from the driver's state and sends the new state back, which the driver writes into
   its own generator; a trainer's accountant (DP-SGD, anything with an Opacus-style
