@@ -21,11 +21,10 @@ no gradient is recorded, and falls back to F.linear elsewhere and for other dtyp
 
 from __future__ import annotations
 
-import platform
-from pathlib import Path
-
 import torch
 from torch.nn import functional as F
+
+from privlab.cpu import cpuinfo
 
 
 def _onednn_linear():
@@ -37,18 +36,8 @@ def _onednn_linear():
         return None
 
 
-def _cpu_vendor() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 _ONEDNN = _onednn_linear()
-MKL_INTEL_KERNELS = "Intel" in _cpu_vendor()  # "GenuineIntel"; MKL's fast path needs it
+MKL_INTEL_KERNELS = "Intel" in str(cpuinfo("vendor_id"))  # "GenuineIntel"; MKL's fast path needs it
 
 
 def linear(

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from privlab.cpu import cpuinfo
+
 SOURCE = Path(__file__).with_name("fused_sgd.c")
 FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 ENV = "PRIVLAB_COMPILED_KERNEL"
@@ -34,15 +35,6 @@ ENV = "PRIVLAB_COMPILED_KERNEL"
 _F = ctypes.c_float
 _P = ctypes.c_void_p
 _I = ctypes.c_int
-
-
-def _cpu_key() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    keep = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
-    return "\n".join(keep)
 
 
 def _cache_dir() -> Path:
@@ -57,14 +49,15 @@ def _library() -> ctypes.CDLL | None:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join([source, cc.encode(), " ".join(FLAGS).encode(), _cpu_key().encode()])
-    ).hexdigest()[:16]
+    parts = [SOURCE.read_text(), cc, " ".join(FLAGS), repr(cpuinfo("model name", "flags"))]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     path = _cache_dir() / f"fused_sgd-{key}.so"
     if not path.exists() and not _compile(cc, path):
         return None
-    lib = ctypes.CDLL(str(path))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:  # unloadable (another machine's build in a shared home): eager path
+        return None
     fn = lib.privlab_fused_full_batch_sgd
     fn.restype = _I
     fn.argtypes = [_I, _I, _I, _I, _I, _F, *[_P] * 12]
