@@ -259,13 +259,8 @@ def report(results: Mapping[str, Any] | str | Path, path: str | Path) -> Path:
 
 def _scenario(ref: Any, overrides: list[str] | Mapping[str, Any] | None, seed: int | None) -> Any:
     """A validated Scenario from a name, a path or a Scenario, with overrides and seed."""
-    from privlab.scenario import (
-        Scenario,
-        apply_override,
-        build_scenario,
-        parse_override,
-        read_scenario_source,
-    )
+    from privlab.scenario import Scenario, build_scenario
+    from privlab.scenario_source import apply_override, parse_override, read_scenario_source
 
     if isinstance(ref, Scenario) and not overrides and seed is None:
         return ref

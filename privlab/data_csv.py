@@ -21,7 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from privlab.data import Dataset, _csv_rows, _Params, _validate
+from privlab.data import Dataset, _Params, _validate
+from privlab.data_file import _csv_rows
 from privlab.data_records import Records, encode_labels, split_records
 from privlab.errors import ScenarioError
 

@@ -149,7 +149,7 @@ datasets.register(
 )
 datasets.register(
     "file",
-    "privlab.data:load_file",
+    "privlab.data_file:load_file",
     "your own .npz (x, y[, x_test, y_test]) or .csv (label column) file",
 )
 datasets.register(

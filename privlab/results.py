@@ -54,7 +54,7 @@ from typing import Any
 
 from privlab.errors import ScenarioError
 from privlab.publish import atomic_write_text, publish_folder
-from privlab.scenario import describe_path
+from privlab.scenario_source import describe_path
 
 SCHEMA_VERSION = 1
 _TRACKED_PACKAGES = (

@@ -43,6 +43,8 @@ from privlab.results import (
     null_non_finite,
     package_versions,
 )
+from privlab.robustness import detection_metrics, probe_metrics
+from privlab.root_set import check_root_size, server_root_split
 from privlab.scenario import Scenario, VariantSpec, portable_dump, variant_scenario
 from privlab.topologies.base import DefenseStack, TopologyContext, TrainingOutcome
 from privlab.training import evaluate
@@ -404,72 +406,6 @@ class ScenarioRun:
             **({"topology": outcome.extra} if outcome.extra else {}),
             **({"robustness": detection_metrics(outcome)} if outcome.selections else {}),
         }
-
-
-def check_root_size(defenses: DefenseStack, test_pool: int) -> int:
-    """The root-set size the aggregation rule asks for, refused if it would eat more than half
-    of the test pool (called while preparing, before any variant trains)."""
-    agg = defenses.aggregation
-    size = agg.root_size if agg is not None else 0
-    if size > test_pool // 2:
-        raise ScenarioError(
-            f"{agg.field}.params.root_size: at most half the test pool ({test_pool // 2}), "
-            f"got {size}"
-        )
-    return size
-
-
-def server_root_split(
-    defenses: DefenseStack, tensors: dict[str, torch.Tensor], seed: int
-) -> dict[str, torch.Tensor]:
-    """Move `root_size` seeded test records to the server (FLTrust's clean root set): the server
-    legitimately holds them, and they leave the evaluation set so accuracy stays held out."""
-    size = check_root_size(defenses, len(tensors["y_test"]))
-    if not size:
-        return {}
-    n = len(tensors["y_test"])
-    order = torch.as_tensor(np.random.default_rng([seed, 29]).permutation(n))
-    root, keep = order[:size], torch.sort(order[size:]).values
-    server = {"server_x": tensors["x_test"][root], "server_y": tensors["y_test"][root]}
-    tensors["x_test"], tensors["y_test"] = tensors["x_test"][keep], tensors["y_test"][keep]
-    return server
-
-
-def probe_metrics(
-    attack: Attack, query: Callable[[np.ndarray], np.ndarray], x: torch.Tensor, y: torch.Tensor
-) -> dict[str, float | int]:
-    """The referee's targeted tests on the evaluation set: the share of (triggered) records of
-    other classes that the released model assigns to the attack's target class."""
-    out: dict[str, float | int] = {}
-    xs, ys = x.numpy(), y.numpy()
-    for probe in attack.probes():
-        keep = ys != probe.target
-        if probe.source is not None:
-            keep &= ys == probe.source
-        inputs = xs[keep] if probe.stamp is None else probe.stamp(xs[keep].copy())
-        hit = query(inputs).argmax(axis=1) == probe.target if keep.any() else np.zeros(0)
-        out[probe.metric] = round(float(hit.mean()), 6) if len(hit) else None
-        out[f"{probe.metric}_n"] = int(keep.sum())
-    return out
-
-
-def detection_metrics(outcome: TrainingOutcome) -> dict[str, Any]:
-    """Precision and recall of the aggregator's rejections at catching malicious clients,
-    pooled over client-rounds (None where undefined: nothing rejected, nobody malicious)."""
-    malicious = set(outcome.malicious)
-    flagged = caught = bad = 0
-    for sel in outcome.selections:
-        rejected = set(sel["participants"]) - set(sel["selected"])
-        flagged += len(rejected)
-        caught += len(rejected & malicious)
-        bad += len(set(sel["participants"]) & malicious)
-    return {
-        "detection_precision": round(caught / flagged, 6) if flagged else None,
-        "detection_recall": round(caught / bad, 6) if bad else None,
-        "rejected_client_rounds": flagged,
-        "malicious_client_rounds": bad,
-        "rounds": len(outcome.selections),
-    }
 
 
 def _round_privacy(privacy: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -49,7 +49,8 @@ def build_reports(folder: Path) -> dict[str, tuple[Path, float]]:
     from privlab.errors import ScenarioError
     from privlab.report import write_report
     from privlab.runner import ScenarioRun
-    from privlab.scenario import bundled_scenarios, load_scenario
+    from privlab.scenario import load_scenario
+    from privlab.scenario_source import bundled_scenarios
 
     torch.set_num_threads(1)
     out = {}

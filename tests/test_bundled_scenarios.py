@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from privlab.runner import ScenarioRun
-from privlab.scenario import bundled_scenarios, load_scenario
+from privlab.scenario import load_scenario
+from privlab.scenario_source import bundled_scenarios
 
 
 @pytest.mark.parametrize("name", sorted(bundled_scenarios()))

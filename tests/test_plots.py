@@ -278,11 +278,11 @@ def _summary(data: dict[str, Any]) -> str:
     """The summary table as `privlab run` prints it into a non-terminal 80-column pipe."""
     from rich.console import Console
 
-    from privlab.cli import _summary_table
+    from privlab.cli_console import summary_table
 
     console = Console(width=80, force_terminal=False, color_system=None, record=True)
     with console.capture() as cap:
-        console.print(_summary_table(data))
+        console.print(summary_table(data))
     return cap.get()
 
 

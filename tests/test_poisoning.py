@@ -15,7 +15,8 @@ from sklearn.metrics import accuracy_score, precision_score, recall_score
 
 from privlab.attacks import poisoning as P
 from privlab.attacks.base import TargetedProbe
-from privlab.runner import ScenarioRun, detection_metrics, probe_metrics
+from privlab.robustness import detection_metrics, probe_metrics
+from privlab.runner import ScenarioRun
 from privlab.scenario import ComponentSpec, build_scenario, load_scenario
 from privlab.topologies.base import TrainingOutcome
 

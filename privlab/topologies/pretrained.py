@@ -28,7 +28,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from privlab import registry
-from privlab.data import Dataset, _make, _read_csv, _read_npz
+from privlab.data import Dataset, _make
+from privlab.data_file import _read_csv, _read_npz
 from privlab.data_records import Records, encode_groups, encode_labels
 from privlab.defenses.base import Placement
 from privlab.errors import ScenarioError
