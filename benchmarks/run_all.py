@@ -8,8 +8,9 @@ digits-shaped synthetic data: 64 features, 10 classes, 32 records per client of 
 so each local step is a full batch), so machine load hits all of them alike. Timed: the whole
 FedAvg job (local training, the wire, aggregation, per-round test evaluation); data generation
 and partitioning are prepared once, outside the timing. Peak memory (RSS) is measured in a fresh
-subprocess per engine. Further sections: CKKS secure aggregation against TenSEAL alone
-(bench_secure_aggregation.py), and Flower / pfl-research on the same job when their venvs exist
+subprocess per engine. Further sections: DP-SGD against non-private training (bench_dp_sgd.py),
+CKKS secure aggregation against plaintext and TenSEAL alone (bench_secure_aggregation.py), and
+Flower / pfl-research on the same job when their venvs exist
 (frameworks.py; the venv commands are in benchmarks/README.md).
 """
 
@@ -162,10 +163,11 @@ def memory_rows(clients: int, rounds: int) -> list[str]:
     return rows
 
 
-def he_rows(rounds: int) -> list[str]:
-    script = Path(__file__).with_name("bench_secure_aggregation.py")
+def _section(script: str, *args: str) -> list[str]:
+    """Another benchmark's table, run in a fresh process (its own imports and warm-up) and
+    printed here."""
     out = subprocess.run(
-        [sys.executable, str(script), "--rounds", str(rounds)],
+        [sys.executable, str(Path(__file__).with_name(script)), *args],
         capture_output=True,
         text=True,
         check=True,
@@ -175,6 +177,17 @@ def he_rows(rounds: int) -> list[str]:
     return out
 
 
+def he_rows(rounds: int) -> list[str]:
+    """CKKS secure aggregation against plaintext and against TenSEAL alone."""
+    return _section("bench_secure_aggregation.py", "--rounds", str(rounds))
+
+
+def dp_rows(repeats: int) -> list[str]:
+    """DP-SGD (privlab's fast path, its Opacus path, vanilla Opacus) against non-private
+    training: local training and the whole default FedAvg job."""
+    return _section("bench_dp_sgd.py", "--repeats", str(repeats))
+
+
 def main() -> None:
     torch.set_num_threads(1)  # as `privlab run` does by default
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,7 +195,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-child", nargs=2, metavar=("CLIENTS", "ENGINE"))
-    ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "he", "frameworks"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["memory", "dp", "he", "frameworks"])
     args = ap.parse_args()
     if args.memory_child:
         peak_rss_child(int(args.memory_child[0]), args.rounds, args.memory_child[1])
@@ -191,6 +204,8 @@ def main() -> None:
     engine_rows(args.clients, args.rounds, args.repeats)
     if "memory" not in args.skip:
         memory_rows(max(args.clients), args.rounds)
+    if "dp" not in args.skip:
+        dp_rows(args.repeats)
     if "he" not in args.skip:
         he_rows(args.rounds)
     if "frameworks" not in args.skip:
