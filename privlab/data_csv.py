@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from privlab.data import Dataset, _Params, _validate
-from privlab.data_file import _csv_rows
+from privlab.data_file import _csv_rows, column_index, is_numeric_row
 from privlab.data_records import Records, encode_labels, split_records
 from privlab.errors import ScenarioError
 
@@ -61,10 +61,10 @@ def read_csv_records(p: CSVParams | dict[str, Any]) -> Records:
             f"data.params.path: '{path.name}' has {width} column; need features and a label"
         )
     maybe_header = rows[0]
-    label = _column(p.label_column, maybe_header, width, path, "label_column")
+    label = column_index(p.label_column, maybe_header, width, path, "label_column", "first row")
     group = None
     if p.group_column is not None:
-        group = _column(p.group_column, maybe_header, width, path, "group_column")
+        group = column_index(p.group_column, maybe_header, width, path, "group_column", "first row")
         if group == label:
             raise ScenarioError(
                 "data.params.group_column: must differ from label_column (both are column "
@@ -76,7 +76,7 @@ def read_csv_records(p: CSVParams | dict[str, Any]) -> Records:
     has_header = (
         p.header
         if isinstance(p.header, bool)
-        else not _numeric([maybe_header[j] for j in features])
+        else not is_numeric_row([maybe_header[j] for j in features])
     )
     if has_header:
         rows, lines = rows[1:], lines[1:]
@@ -115,28 +115,3 @@ def read_csv_records(p: CSVParams | dict[str, Any]) -> Records:
         class_names=names,
         groups=None if group is None else np.array(groups, dtype=str),
     )
-
-
-def _numeric(cells: list[str]) -> bool:
-    try:
-        [float(c) for c in cells]
-    except ValueError:
-        return False
-    return True
-
-
-def _column(ref: int | str, first_row: list[str], width: int, path: Path, field: str) -> int:
-    """A column by header name or index (negative counts from the end)."""
-    if isinstance(ref, str):
-        if ref not in first_row:
-            raise ScenarioError(
-                f"data.params.{field}: no column named '{ref}' in '{path.name}' "
-                f"(first row: {', '.join(first_row)})"
-            )
-        return first_row.index(ref)
-    if not -width <= ref < width:
-        raise ScenarioError(
-            f"data.params.{field}: {ref} is out of range for '{path.name}' with {width} "
-            f"columns (allowed: {-width}..{width - 1})"
-        )
-    return ref % width

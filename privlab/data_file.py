@@ -183,7 +183,7 @@ def _read_csv(path: Path, label_column: int | str) -> tuple[np.ndarray, np.ndarr
     rows, lines = _csv_rows(path)
     if not rows:
         raise ScenarioError(f"data.params.path: '{path.name}' is empty")
-    header = None if _is_numeric_row(rows[0]) else rows[0]
+    header = None if is_numeric_row(rows[0]) else rows[0]
     skip = 1 if header is not None else 0
     body, lines = rows[skip:], lines[skip:]
     width = len(rows[0])
@@ -193,7 +193,7 @@ def _read_csv(path: Path, label_column: int | str) -> tuple[np.ndarray, np.ndarr
         raise ScenarioError(
             f"data.params.path: '{path.name}' has {width} column; need features and a label"
         )
-    col = _label_index(label_column, header, width, path)
+    col = column_index(label_column, header, width, path, "label_column", "header")
     values = _parse_rows(body, lines, width, path)
     y = values[:, col]
     x = np.delete(values, col, axis=1)
@@ -223,7 +223,7 @@ def _csv_rows(path: Path) -> tuple[list[list[str]], list[int]]:
     return rows, lines
 
 
-def _is_numeric_row(row: list[str]) -> bool:
+def is_numeric_row(row: list[str]) -> bool:
     try:
         [float(c) for c in row]
     except ValueError:
@@ -231,21 +231,24 @@ def _is_numeric_row(row: list[str]) -> bool:
     return True
 
 
-def _label_index(label_column: int | str, header: list[str] | None, width: int, path: Path) -> int:
-    if isinstance(label_column, str):
-        if header is None or label_column not in header:
-            have = f"header: {', '.join(header)}" if header else "no header row"
+def column_index(
+    ref: int | str, names: list[str] | None, width: int, path: Path, field: str, names_are: str
+) -> int:
+    """A column by name (among `names`, which `names_are` describes in the error: "header",
+    "first row") or by index (negative counts from the end), as `data.params.<field>`."""
+    if isinstance(ref, str):
+        if names is None or ref not in names:
+            have = f"{names_are}: {', '.join(names)}" if names else f"no {names_are} row"
             raise ScenarioError(
-                f"data.params.label_column: no column named '{label_column}' in "
-                f"'{path.name}' ({have})"
+                f"data.params.{field}: no column named '{ref}' in '{path.name}' ({have})"
             )
-        return header.index(label_column)
-    if not -width <= label_column < width:
+        return names.index(ref)
+    if not -width <= ref < width:
         raise ScenarioError(
-            f"data.params.label_column: {label_column} is out of range for "
-            f"'{path.name}' with {width} columns (allowed: {-width}..{width - 1})"
+            f"data.params.{field}: {ref} is out of range for '{path.name}' with {width} "
+            f"columns (allowed: {-width}..{width - 1})"
         )
-    return label_column % width
+    return ref % width
 
 
 def _parse_rows(body: list[list[str]], lines: list[int], width: int, path: Path) -> np.ndarray:
