@@ -153,7 +153,12 @@ def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, n
     mean = x_train.mean(axis=0, dtype=np.float64)
     std = x_train.std(axis=0, dtype=np.float64)
     std[std == 0] = 1.0
-    return (x_train - mean) / std, (x_test - mean) / std
+    out = []
+    for x in (x_train, x_test):  # one new array each (no temporaries: 10,000 clients' records
+        z = np.subtract(x, mean)  # are 180 MB), the same arithmetic as (x - mean) / std
+        z /= std
+        out.append(z)
+    return out[0], out[1]
 
 
 def _make(
@@ -282,5 +287,6 @@ def load_synthetic(params: dict[str, Any], *, test_fraction: float, seed: int) -
         random_state=_random_state(seed),
     )
     x_tr, x_te, y_tr, y_te = _split(x, y, test_fraction, seed)
+    del x, y  # the split holds copies: free the generated arrays before standardizing
     x_tr, x_te = _standardize(x_tr, x_te)
     return _make("synthetic", x_tr, y_tr, x_te, y_te, p.n_classes)
