@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,11 +38,26 @@ class CNNParams(BaseModel):
     """A 2x max-pool after each conv block (cheaper, and translation-tolerant, on 32x32)."""
 
 
+MAX_PARAMETERS = 2**28
+"""Largest built-in model accepted: 268M parameters are 1 GiB of float32 weights per copy, and
+training keeps several copies (gradients, momentum, the global model, reference models)."""
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
         n *= d
     return n
+
+
+def _refuse_oversized(parameters: int, field: str, value: object) -> None:
+    """Count before allocating: an oversized layer would otherwise fail inside torch's
+    allocator (a traceback) or swap the machine, long after the scenario could be refused."""
+    if parameters > MAX_PARAMETERS:
+        raise ScenarioError(
+            f"model.params.{field}: {value} makes a model of {parameters:,} parameters; "
+            f"built-in models hold at most {MAX_PARAMETERS:,} (1 GiB of float32 weights)"
+        )
 
 
 def build_logreg(params: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -53,6 +69,8 @@ def build_mlp(params: dict, input_shape: tuple[int, ...], num_classes: int) -> n
     p = validate_params(MLPParams, params, "model.params")
     if any(h <= 0 for h in p.hidden):
         raise ScenarioError(f"model.params.hidden: widths must be positive (got {p.hidden})")
+    widths = [_numel(input_shape), *p.hidden, num_classes]
+    _refuse_oversized(sum((a + 1) * b for a, b in pairwise(widths)), "hidden", p.hidden)
     layers: list[nn.Module] = [nn.Flatten()]
     width = _numel(input_shape)
     for h in p.hidden:
@@ -71,6 +89,10 @@ def build_cnn(params: dict, input_shape: tuple[int, ...], num_classes: int) -> n
             f"got shape {input_shape}; use 'mlp' or 'logreg' for tabular data"
         )
     conv = nn.Conv2d if len(input_shape) == 3 else nn.Conv1d
+    taps = p.kernel_size ** (len(input_shape) - 1)
+    chans = [input_shape[0], *p.channels]
+    count = sum((a * taps + 3) * b for a, b in pairwise(chans)) + (chans[-1] * 4 + 1) * num_classes
+    _refuse_oversized(count, "channels", f"{p.channels} (kernel_size {p.kernel_size})")
     pad = p.kernel_size // 2
     layers: list[nn.Module] = []
     c_in = input_shape[0]

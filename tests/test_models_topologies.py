@@ -31,6 +31,36 @@ def test_bad_model_params_name_the_field() -> None:
         build_model(ModelSpec(name="mlp", params={"hidden": "wide"}), (4,), 2)
 
 
+@pytest.mark.parametrize(
+    ("name", "params", "shape"),
+    [
+        ("mlp", {"hidden": [7, 5]}, (1, 8, 8)),
+        ("cnn", {"channels": [4, 6], "kernel_size": 3}, (1, 8, 8)),
+        ("cnn", {"channels": [3, 5], "kernel_size": 5}, (2, 40)),
+    ],
+)
+def test_model_size_bound_counts_what_torch_allocates(
+    name: str, params: dict, shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound is checked before allocating, from the params: at exactly the parameter count
+    torch reports for the built model the model builds, one below it is refused in one line."""
+    from privlab import models
+
+    spec = ModelSpec(name=name, params=params)
+    numel = sum(p.numel() for p in build_model(spec, shape, 10).parameters())
+    monkeypatch.setattr(models, "MAX_PARAMETERS", numel)
+    build_model(spec, shape, 10)
+    monkeypatch.setattr(models, "MAX_PARAMETERS", numel - 1)
+    field = "hidden" if name == "mlp" else "channels"
+    with pytest.raises(ScenarioError, match=rf"^model\.params\.{field}: .* {numel:,} parameters"):
+        build_model(spec, shape, 10)
+
+
+def test_an_oversized_model_is_refused_before_allocating() -> None:
+    with pytest.raises(ScenarioError, match=r"^model\.params\.hidden: \[349599524\] makes"):
+        build_model(ModelSpec(name="mlp", params={"hidden": [349599524]}), (64,), 10)
+
+
 def test_weighted_mean_is_fedavg() -> None:
     a = {"w": torch.tensor([1.0, 2.0])}
     b = {"w": torch.tensor([3.0, 6.0])}
