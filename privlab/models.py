@@ -88,6 +88,14 @@ def build_cnn(params: dict, input_shape: tuple[int, ...], num_classes: int) -> n
             f"model.name: 'cnn' needs image (C,H,W) or sequence (C,L) input, "
             f"got shape {input_shape}; use 'mlp' or 'logreg' for tabular data"
         )
+    if any(c <= 0 for c in p.channels):
+        raise ScenarioError(f"model.params.channels: must be positive (got {p.channels})")
+    side = min(input_shape[1:])
+    if p.kernel_size > side:
+        raise ScenarioError(
+            f"model.params.kernel_size: at most the input's smallest side, {side} "
+            f"(input shape {input_shape}), got {p.kernel_size}"
+        )
     conv = nn.Conv2d if len(input_shape) == 3 else nn.Conv1d
     taps = p.kernel_size ** (len(input_shape) - 1)
     chans = [input_shape[0], *p.channels]

@@ -56,9 +56,20 @@ def test_model_size_bound_counts_what_torch_allocates(
         build_model(spec, shape, 10)
 
 
-def test_an_oversized_model_is_refused_before_allocating() -> None:
-    with pytest.raises(ScenarioError, match=r"^model\.params\.hidden: \[349599524\] makes"):
-        build_model(ModelSpec(name="mlp", params={"hidden": [349599524]}), (64,), 10)
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("mlp", {"hidden": [349599524]}, r"^model\.params\.hidden: \[349599524\] makes"),
+        ("cnn", {"channels": [4, -3]}, r"^model\.params\.channels: must be positive"),
+        ("cnn", {"kernel_size": 9}, r"^model\.params\.kernel_size: at most .* 8 "),
+    ],
+)
+def test_impossible_model_params_are_refused_in_one_line(
+    name: str, params: dict, message: str
+) -> None:
+    shape = (64,) if name == "mlp" else (1, 8, 8)
+    with pytest.raises(ScenarioError, match=message):
+        build_model(ModelSpec(name=name, params=params), shape, 10)
 
 
 def test_weighted_mean_is_fedavg() -> None:
