@@ -80,6 +80,16 @@ def build_mlp(params: dict, input_shape: tuple[int, ...], num_classes: int) -> n
     return nn.Sequential(*layers)
 
 
+def _pooled_blocks_that_fit(side: int, kernel: int, blocks: int) -> int:
+    """How many of `blocks` conv blocks (padding kernel // 2, then a 2x max-pool) leave the
+    side above 0 (max-pooling a side of 1 fails in torch)."""
+    for i in range(blocks):
+        side = (side + 2 * (kernel // 2) - kernel + 1) // 2
+        if side == 0:
+            return i
+    return blocks
+
+
 def build_cnn(params: dict, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Conv2d for (C,H,W) images, Conv1d for (C,L) sequences; tabular input is refused."""
     p = validate_params(CNNParams, params, "model.params")
@@ -95,6 +105,12 @@ def build_cnn(params: dict, input_shape: tuple[int, ...], num_classes: int) -> n
         raise ScenarioError(
             f"model.params.kernel_size: at most the input's smallest side, {side} "
             f"(input shape {input_shape}), got {p.kernel_size}"
+        )
+    fit = _pooled_blocks_that_fit(side, p.kernel_size, len(p.channels)) if p.pool else 0
+    if p.pool and fit < len(p.channels):
+        raise ScenarioError(
+            f"model.params.pool: {len(p.channels)} pooled blocks shrink the input's smallest "
+            f"side, {side}, to nothing; at most {fit} blocks with pool = true"
         )
     conv = nn.Conv2d if len(input_shape) == 3 else nn.Conv1d
     taps = p.kernel_size ** (len(input_shape) - 1)

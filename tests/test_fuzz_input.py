@@ -111,6 +111,25 @@ def test_random_set_values_are_refused_in_one_line_or_accepted(
 
 
 @FUZZ
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "channels": st.lists(st.integers(-2, 64) | st.integers(-2, 2**40), max_size=5),
+            "kernel_size": st.integers(-2, 12) | st.integers(-2, 2**40),
+            "pool": st.booleans(),
+            "activation": st.sampled_from(["relu", "tanh", "sigmoid"]),
+        },
+    )
+)
+def test_random_cnn_params(params: dict[str, Any]) -> None:
+    """The CNN on digits' (1, 8, 8) images, with well-typed but extreme settings (other types
+    are fuzzed through `model.params` above): widths, kernel sizes and pooling that cannot work
+    are refused in one line before the model is allocated or trained."""
+    prepare(['model.name="cnn"', f"model.params={toml_value(params)}"])
+
+
+@FUZZ
 @given(st.lists(keys, min_size=1, max_size=80), values)
 def test_random_deep_set_keys(parts: list[str], value: Any) -> None:
     prepare([f"data.params.{'.'.join(parts)}={toml_value(value)}"])

@@ -62,6 +62,7 @@ def test_model_size_bound_counts_what_torch_allocates(
         ("mlp", {"hidden": [349599524]}, r"^model\.params\.hidden: \[349599524\] makes"),
         ("cnn", {"channels": [4, -3]}, r"^model\.params\.channels: must be positive"),
         ("cnn", {"kernel_size": 9}, r"^model\.params\.kernel_size: at most .* 8 "),
+        ("cnn", {"channels": [2] * 4, "pool": True}, r"^model\.params\.pool: .* at most 3 "),
     ],
 )
 def test_impossible_model_params_are_refused_in_one_line(
@@ -70,6 +71,35 @@ def test_impossible_model_params_are_refused_in_one_line(
     shape = (64,) if name == "mlp" else (1, 8, 8)
     with pytest.raises(ScenarioError, match=message):
         build_model(ModelSpec(name=name, params=params), shape, 10)
+
+
+@pytest.mark.parametrize(("kernel", "shape"), [(3, (1, 8, 8)), (2, (1, 8, 8)), (5, (1, 40))])
+def test_pooled_blocks_are_refused_exactly_where_torch_fails(
+    kernel: int, shape: tuple[int, ...]
+) -> None:
+    """Against torch itself: each number of pooled blocks either builds and runs, or is refused
+    in one line, and it is refused exactly when the same convolutions and pools fail in torch."""
+    for blocks in range(1, 8):
+        params = {"channels": [2] * blocks, "kernel_size": kernel, "pool": True}
+        spec = ModelSpec(name="cnn", params=params)
+        try:
+            model = build_model(spec, shape, 10)
+        except ScenarioError as exc:
+            assert str(exc).startswith("model.params.pool: ")
+            refused = True
+        else:
+            assert model(torch.zeros(2, *shape)).shape == (2, 10)
+            refused = False
+        nn = torch.nn
+        conv, pool = (nn.Conv2d, nn.MaxPool2d) if len(shape) == 3 else (nn.Conv1d, nn.MaxPool1d)
+        block = [conv(1, 1, kernel, padding=kernel // 2), pool(2)]
+        layers = [m for _ in range(blocks) for m in block]
+        try:  # the shape-relevant layers alone, unchecked
+            torch.nn.Sequential(*layers)(torch.zeros(2, 1, *shape[1:]))
+            fails = False
+        except RuntimeError:
+            fails = True
+        assert refused == fails, (kernel, shape, blocks)
 
 
 def test_weighted_mean_is_fedavg() -> None:
