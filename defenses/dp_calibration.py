@@ -92,18 +92,42 @@ MAX_NOISE = 100.0
 its bracket up to 1e6, evaluating the accountant at every step: minutes under PRV)."""
 
 
+MIN_NOISE = 0.1
+"""Targets that less noise than this already meets are refused: Opacus' bisection moves its upper
+end down only while the epsilon stays below the target, so a target no finite epsilon reaches
+(1e300) never ends it, and noise this low spends epsilons in the hundreds to tens of thousands
+(RDP, 30 full-batch steps: 1,762), which guarantee nothing."""
+
+
+class TargetTooLoose(ValueError):
+    """The target epsilon is met even with MIN_NOISE: nothing to calibrate."""
+
+
+def _epsilon(noise: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(accountant)
+    acc.history = [(noise, sample_rate, steps)]
+    return float(acc.get_epsilon(delta=delta))
+
+
 def search_noise(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str
 ) -> float:
-    """Opacus' own noise search for exactly `steps` steps (raises ValueError if unreachable)."""
-    from opacus.accountants import create_accountant
+    """Opacus' own noise search for exactly `steps` steps (raises ValueError if unreachable,
+    TargetTooLoose if MIN_NOISE already meets the target)."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    acc = create_accountant(accountant)
-    acc.history = [(MAX_NOISE, sample_rate, steps)]
-    floor = float(acc.get_epsilon(delta=delta))
+    floor = _epsilon(MAX_NOISE, delta, sample_rate, steps, accountant)
     if floor >= target_epsilon:
         raise ValueError(f"even noise multiplier {MAX_NOISE:g} spends epsilon {floor:.3g}")
+    # RDP's epsilon is finite at any noise and bounds PRV's from above (PRV overflows to inf
+    # at low noise), so one ceiling serves both accountants.
+    ceiling = _epsilon(MIN_NOISE, delta, sample_rate, steps, "rdp")
+    if ceiling <= target_epsilon:
+        raise TargetTooLoose(
+            f"noise multiplier {MIN_NOISE:g} already spends at most epsilon {ceiling:.4g} (RDP)"
+        )
 
     return float(
         get_noise_multiplier(

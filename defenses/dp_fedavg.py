@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.utils import get_noise_multiplier
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from privlab.defenses.base import AggregationDefense
+from privlab.defenses.dp_calibration import TargetTooLoose, calibrate_noise
 from privlab.defenses.dp_sgd import epsilon_of
 from privlab.errors import ScenarioError
 from privlab.training import seeded_generator
@@ -194,15 +194,17 @@ class DPFedAvg(AggregationDefense):
                     f"{rounds} rounds (the {p.accountant} accountant reports at least "
                     f"{floor:.3g} even with noise multiplier {MAX_NOISE:g}); raise it"
                 )
-            try:
-                self.noise = get_noise_multiplier(
-                    target_epsilon=p.target_epsilon,
-                    target_delta=p.delta,
-                    sample_rate=self.sample_rate,
-                    steps=rounds,
-                    accountant=p.accountant,
-                    epsilon_tolerance=0.01,
+            try:  # Opacus' search on exactly `rounds` steps, disk-cached (tolerance 0.01)
+                self.noise = calibrate_noise(
+                    p.target_epsilon, p.delta, self.sample_rate, rounds, p.accountant
                 )
+            except TargetTooLoose as exc:
+                raise ScenarioError(
+                    f"{self.field}.params.target_epsilon: {p.target_epsilon} is no guarantee "
+                    f"DP-FedAvg calibrates to ({exc}, with delta={p.delta}, client sampling "
+                    f"rate {self.sample_rate:.3g} and {rounds} rounds); lower it, or give "
+                    "noise_multiplier"
+                ) from None
             except ValueError as exc:
                 raise ScenarioError(
                     f"{self.field}.params.target_epsilon: {p.target_epsilon} cannot be reached "

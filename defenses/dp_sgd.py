@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from privlab.defenses import dp_fast
 from privlab.defenses.base import LocalTrainingDefense
-from privlab.defenses.dp_calibration import calibrate_noise, steps_of
+from privlab.defenses.dp_calibration import TargetTooLoose, calibrate_noise, steps_of
 from privlab.engine.sgd import sgd_update
 from privlab.engine.vectorised import linear_stack
 from privlab.errors import ScenarioError
@@ -85,6 +85,12 @@ class DPSGD(LocalTrainingDefense):
         assert p.target_epsilon is not None
         try:
             return calibrate_noise(p.target_epsilon, p.delta, sample_rate, steps, p.accountant)
+        except TargetTooLoose as exc:
+            raise ScenarioError(
+                f"{self.field}.params.target_epsilon: {p.target_epsilon} is no guarantee DP-SGD "
+                f"calibrates to ({exc}, with delta={p.delta}, sample rate {sample_rate:.3g} and "
+                f"{steps} steps); lower it, or give noise_multiplier"
+            ) from None
         except ValueError as exc:
             raise ScenarioError(
                 f"{self.field}.params.target_epsilon: {p.target_epsilon} cannot be reached "

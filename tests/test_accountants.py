@@ -192,3 +192,26 @@ def test_calibration_is_cached_on_disk_and_rebuilt_on_a_bad_checksum(tmp_path, m
     cal.calibrate_noise.cache_clear()
     assert cal.calibrate_noise(2.0, 1e-5, 0.1, 50, "rdp") == 123.0 and len(calls) == 2
     cal.calibrate_noise.cache_clear()
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_a_target_looser_than_the_least_noise_is_refused_not_searched_forever(
+    tmp_path, monkeypatch, accountant: str
+) -> None:
+    """Opacus' bisection never ends for a target no finite epsilon reaches (1e300 hung `privlab
+    run` with dp_sgd and dp_fedavg); a target above what MIN_NOISE spends is refused at once,
+    one just below it is still calibrated and met (checked with Opacus' own accountant)."""
+    from privlab.defenses import dp_calibration as cal
+
+    monkeypatch.setenv("PRIVLAB_CACHE_DIR", str(tmp_path))
+    cal.calibrate_noise.cache_clear()
+    q, steps = 0.2, 100
+    accounts = {"rdp": RDPAccountant, "prv": PRVAccountant}[accountant]
+    at_min = _opacus(RDPAccountant, cal.MIN_NOISE, q, steps, 1e-5)  # 3,860
+    with pytest.raises(cal.TargetTooLoose, match="at most epsilon 3860"):
+        cal.calibrate_noise(at_min * 1.01, 1e-5, q, steps, accountant)
+    with pytest.raises(cal.TargetTooLoose):
+        cal.calibrate_noise(1e300, 1e-5, q, steps, accountant)
+    noise = cal.calibrate_noise(50.0, 1e-5, q, steps, accountant)
+    assert noise > cal.MIN_NOISE and _opacus(accounts, noise, q, steps, 1e-5) <= 50.0
+    cal.calibrate_noise.cache_clear()
