@@ -106,8 +106,8 @@ def build_cnn(params: dict, input_shape: tuple[int, ...], num_classes: int) -> n
             f"model.params.kernel_size: at most the input's smallest side, {side} "
             f"(input shape {input_shape}), got {p.kernel_size}"
         )
-    fit = _pooled_blocks_that_fit(side, p.kernel_size, len(p.channels)) if p.pool else 0
-    if p.pool and fit < len(p.channels):
+    fit = _pooled_blocks_that_fit(side, p.kernel_size, len(p.channels)) if p.pool else None
+    if fit is not None and fit < len(p.channels):
         raise ScenarioError(
             f"model.params.pool: {len(p.channels)} pooled blocks shrink the input's smallest "
             f"side, {side}, to nothing; at most {fit} blocks with pool = true"
